@@ -1,0 +1,374 @@
+"""The client side of the protocol: find, start, call, cast and stop processes by id.
+
+Lives on the runtime loop of its OS process (one reply channel, one pending-call
+table keyed by correlation id). Lookups go to a cache first and to the database
+on a miss (DESIGN I5); cache entries die with their node (events, live-node set).
+"""
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import itertools
+import logging
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from django.db import DatabaseError
+
+from . import store, wire
+from .conf import hub_settings
+from .exceptions import (
+    CallTimeout,
+    DatabaseUnavailable,
+    Fenced,
+    InvalidArgument,
+    InvalidMessage,
+    NoLiveNodes,
+    ProcessCrashed,
+    ProcessHubError,
+    ProcessNotRunning,
+    ProcessUnavailable,
+    UnknownProcessClass,
+)
+from .models import ProcessStatus
+from .placement import choose_item
+
+if TYPE_CHECKING:
+    from .process import HordeProcess
+    from .runtime import Runtime
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessRef:
+    """Where one activation of a process runs: its id, node and epoch."""
+
+    label: str
+    process_id: str
+    node: str
+    node_id: str
+    epoch: int
+    created: bool = False
+    channel: str = field(default="", repr=False, compare=False)
+
+    def as_wire(self) -> dict:
+        return {"l": self.label, "p": self.process_id, "n": self.node, "ni": self.node_id, "e": self.epoch,
+                "c": self.channel}
+
+    @classmethod
+    def from_wire(cls, d: dict, created: bool = False) -> ProcessRef:
+        return cls(d["l"], d["p"], d["n"], d["ni"], d["e"], created, d["c"])
+
+
+class _Undelivered(Exception):
+    """Nobody subscribes to the channel: its node is gone. Safe to retry (nothing was handled)."""
+
+
+_ERRORS: dict[str, type[ProcessHubError]] = {
+    wire.E_INVALID: InvalidMessage,
+    wire.E_UNKNOWN_CLASS: UnknownProcessClass,
+    wire.E_NOT_RUNNING: ProcessNotRunning,
+    wire.E_UNAVAILABLE: ProcessUnavailable,
+}
+
+
+def error_from(env: dict) -> ProcessHubError:
+    code = env.get("err")
+    msg = str(env.get("msg", code))
+    if code == wire.E_CRASHED:
+        return ProcessCrashed(msg, str(env.get("exc_type", "")), str(env.get("tb", "")))
+    return _ERRORS.get(code, ProcessUnavailable)(msg)
+
+
+class Client:
+    def __init__(self, rt: Runtime) -> None:
+        hs = hub_settings()
+        self.rt = rt
+        self.hs = hs
+        self.reply_channel = f"{hs.PREFIX}.reply.{uuid.uuid4().hex}"
+        self.events_channel = f"{hs.PREFIX}.events"
+        self.pending: dict[str, asyncio.Future] = {}
+        self.cache: dict[tuple[str, str], ProcessRef] = {}
+        self.live: dict[str, store.NodeInfo] = {}
+        self.live_at = -1e9
+        self._seq = itertools.count()
+
+    # ---------------------------------------------------------- plumbing
+
+    async def open(self) -> None:
+        await self.rt.transport.subscribe(self.reply_channel, self._on_reply)
+        await self.rt.transport.subscribe(self.events_channel, self._on_event)
+
+    def _on_reply(self, data: bytes) -> None:
+        try:
+            env = wire.loads(data)
+        except InvalidMessage:
+            logger.warning("processhub: dropped a malformed reply")
+            return
+        fut = self.pending.pop(env.get("id"), None)
+        if fut is not None and not fut.done():
+            fut.set_result(env)
+
+    def _on_event(self, data: bytes) -> None:
+        try:
+            env = wire.loads(data)
+        except InvalidMessage:
+            return
+        kind = env.get("e")
+        if kind in ("node_up", "node_down", "nodes_changed"):
+            self.live_at = -1e9
+            gone = env.get("node")
+            if kind == "node_down" and gone:
+                self.live.pop(gone, None)
+                for key, ref in list(self.cache.items()):
+                    if ref.node_id == gone:
+                        self.cache.pop(key, None)
+        elif kind == "unregistered":
+            ref = self.cache.get((env.get("l"), env.get("p")))
+            if ref is not None and ref.epoch <= env.get("epoch", 1 << 62):
+                self.cache.pop((ref.label, ref.process_id), None)
+
+    async def db(self, fn, *args):
+        try:
+            return await self.rt.db(fn, *args)
+        except DatabaseError as exc:
+            raise DatabaseUnavailable(f"the registry database failed: {exc}") from exc
+
+    async def nodes(self, force: bool = False) -> list[store.NodeInfo]:
+        if force or time.monotonic() - self.live_at > self.hs.HEARTBEAT_INTERVAL:
+            found = await self.db(store.live_nodes)
+            self.live = {n.id: n for n in found}
+            self.live_at = time.monotonic()
+        return list(self.live.values())
+
+    async def request(self, channel: str, env: dict, timeout: float) -> dict:
+        corr = str(next(self._seq))
+        env["id"] = corr
+        env["r"] = self.reply_channel
+        fut = asyncio.get_running_loop().create_future()
+        self.pending[corr] = fut
+        try:
+            if await self.rt.transport.publish(channel, wire.dumps(env)) == 0:
+                raise _Undelivered(channel)
+            async with asyncio.timeout(timeout):
+                return await fut
+        finally:
+            self.pending.pop(corr, None)
+
+    def forget(self, ref: ProcessRef | None) -> None:
+        if ref is not None:
+            self.cache.pop((ref.label, ref.process_id), None)
+
+    # ---------------------------------------------------------- validation
+
+    def key_for(self, cls: type[HordeProcess], arg: Any) -> tuple[str, str]:
+        from . import registry
+
+        label = getattr(cls, "label", None)
+        if not label or registry.get(label) is not cls:
+            raise UnknownProcessClass(f"{cls.__qualname__} is not a registered HordeProcess class")
+        wire.check_data(arg, "start argument", self.hs.MAX_MESSAGE_BYTES, InvalidArgument)
+        try:
+            pid = cls.process_id(arg)
+        except ProcessHubError:
+            raise
+        except Exception as exc:
+            raise InvalidArgument(f"{cls.__qualname__}.process_id({arg!r}) raised {exc!r}") from exc
+        return label, wire.check_process_id(pid, self.hs.MAX_ID_LENGTH)
+
+    def check_message(self, message: Any) -> None:
+        wire.check_data(message, "message", self.hs.MAX_MESSAGE_BYTES)
+
+    # ---------------------------------------------------------- lookups
+
+    def cached(self, key: tuple[str, str]) -> ProcessRef | None:
+        """A cache hit whose node is still believed live; safe to call from any thread."""
+        ref = self.cache.get(key)
+        if ref is not None and ref.node_id in self.live and time.monotonic() - self.live_at < 10 * self.hs.NODE_TTL:
+            return ref
+        return None
+
+    async def lookup(self, key: tuple[str, str], use_cache: bool = True) -> ProcessRef | None:
+        if use_cache:
+            ref = self.cached(key)
+            if ref is not None:
+                return ref
+        row = await self.db(store.lookup, *key)
+        if row is None or row.status != ProcessStatus.RUNNING or not row.owner_alive:
+            self.cache.pop(key, None)
+            return None
+        ref = ProcessRef(row.label, row.process_id, row.node_name, row.node_id, row.epoch, False, row.channel)
+        self.cache[key] = ref
+        return ref
+
+    # ---------------------------------------------------------- operations
+
+    async def start(self, cls: type[HordeProcess], arg: Any, timeout: float | None = None,
+                    node: str | None = None) -> ProcessRef:
+        key = self.key_for(cls, arg)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + (timeout or self.hs.CALL_TIMEOUT)
+        return await self._start(key, arg, deadline, node)
+
+    async def _start(self, key: tuple[str, str], arg: Any, deadline: float, node: str | None = None) -> ProcessRef:
+        loop = asyncio.get_running_loop()
+        force = False
+        while True:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise CallTimeout(f"starting {key[0]} {key[1]!r} timed out")
+            live = await self.nodes(force)
+            if node is not None:
+                target = next((n for n in live if n.name == node or n.id == node), None)
+                if target is None:
+                    raise NoLiveNodes(f"no live node named {node!r}")
+            else:
+                target = choose_item(f"{key[0]}:{key[1]}", live, lambda n: n.name)
+            if target is None:
+                if not force:
+                    force = True
+                    continue
+                raise NoLiveNodes("no node holds a valid lease: start `python manage.py runhub`")
+            env = {"t": wire.START, "l": key[0], "p": key[1], "a": arg}
+            try:
+                reply = await self.request(target.channel, env, remaining)
+            except _Undelivered:
+                self.live.pop(target.id, None)
+                force = True
+                await asyncio.sleep(min(self.hs.WAIT_SLEEP, max(0.0, deadline - loop.time())))
+                continue
+            except TimeoutError:
+                raise CallTimeout(f"starting {key[0]} {key[1]!r} timed out") from None
+            if reply.get("ok"):
+                ref = ProcessRef.from_wire(reply["ref"], bool(reply.get("created")))
+                self.cache[key] = dataclasses.replace(ref, created=False)
+                return ref
+            if reply.get("err") in (wire.E_FENCED, wire.E_NOT_HERE):
+                # That node lost its lease or is draining: ask the registry again.
+                force = True
+                await asyncio.sleep(min(self.hs.WAIT_SLEEP, max(0.0, deadline - loop.time())))
+                continue
+            raise error_from(reply)
+
+    async def fetch(self, cls: type[HordeProcess], arg: Any) -> ProcessRef | None:
+        return await self.lookup(self.key_for(cls, arg))
+
+    async def call(self, cls: type[HordeProcess], arg: Any, message: Any, timeout: float | None = None) -> Any:
+        key = self.key_for(cls, arg)
+        self.check_message(message)
+        return await self._send(cls, key, arg, message, timeout or self.hs.CALL_TIMEOUT, wire.CALL)
+
+    async def cast(self, cls: type[HordeProcess], arg: Any, message: Any) -> None:
+        key = self.key_for(cls, arg)
+        self.check_message(message)
+        await self._send(cls, key, arg, message, self.hs.CALL_TIMEOUT, wire.CAST)
+
+    async def _send(self, cls, key, arg, message, timeout: float, kind: str) -> Any:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        wait_sleep = cls.wait_sleep if cls.wait_sleep is not None else self.hs.WAIT_SLEEP
+        wait_max = cls.wait_max if cls.wait_max is not None else self.hs.WAIT_MAX
+        not_here = 0
+        use_cache = True
+        while True:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise CallTimeout(f"{kind} to {key[0]} {key[1]!r} got no reply within {timeout}s")
+            ref = await self.lookup(key, use_cache)
+            if ref is None:
+                ref = await self._start(key, arg, deadline)
+            env = {"t": kind, "l": key[0], "p": key[1], "m": message}
+            try:
+                if kind == wire.CAST:
+                    if await self.rt.transport.publish(ref.channel, wire.dumps(env)) == 0:
+                        raise _Undelivered(ref.channel)
+                    return None
+                env["ttl"] = remaining
+                reply = await self.request(ref.channel, env, remaining)
+            except _Undelivered:
+                # The node is gone; the registry will name a new owner within NODE_TTL.
+                self.live.pop(ref.node_id, None)
+                self.forget(ref)
+                use_cache = False
+                await asyncio.sleep(min(wait_sleep, max(0.0, deadline - loop.time())))
+                continue
+            except TimeoutError:
+                raise CallTimeout(f"call to {key[0]} {key[1]!r} got no reply within {timeout}s") from None
+            if reply.get("ok"):
+                return reply.get("v")
+            if reply.get("err") in (wire.E_NOT_HERE, wire.E_FENCED):
+                self.forget(ref)
+                use_cache = False
+                not_here += 1
+                if reply.get("err") == wire.E_NOT_HERE and not_here > wait_max + 1:
+                    raise ProcessUnavailable(f"{key[0]} {key[1]!r} did not become reachable after {wait_max} waits")
+                await asyncio.sleep(min(wait_sleep, max(0.0, deadline - loop.time())))
+                continue
+            raise error_from(reply)
+
+    async def stop(self, cls: type[HordeProcess], arg: Any, timeout: float | None = None) -> bool:
+        """Stop the process and mark it stopped; False when it was not running."""
+        key = self.key_for(cls, arg)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + (timeout or self.hs.CALL_TIMEOUT)
+        while True:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise CallTimeout(f"stopping {key[0]} {key[1]!r} timed out")
+            row = await self.db(store.lookup, *key)
+            if row is None or row.status != ProcessStatus.RUNNING:
+                self.cache.pop(key, None)
+                return False
+            if not row.owner_alive:
+                if await self.db(store.stop_orphan, key[0], key[1], row.epoch):
+                    self.cache.pop(key, None)
+                    return True
+                continue
+            try:
+                reply = await self.request(row.channel, {"t": wire.STOP, "l": key[0], "p": key[1]}, remaining)
+            except _Undelivered:
+                await asyncio.sleep(min(self.hs.WAIT_SLEEP, max(0.0, deadline - loop.time())))
+                continue
+            except TimeoutError:
+                raise CallTimeout(f"stopping {key[0]} {key[1]!r} timed out") from None
+            self.cache.pop(key, None)
+            if reply.get("ok"):
+                return True
+            if reply.get("err") in (wire.E_NOT_HERE, wire.E_FENCED):
+                await asyncio.sleep(min(self.hs.WAIT_SLEEP, max(0.0, deadline - loop.time())))
+                continue
+            raise error_from(reply)
+
+    async def move(self, label: str, process_id: str, to_node: str | None, timeout: float | None = None) -> bool:
+        """Ask the owner to hand the process to ``to_node`` (a live node name or id); fenced by epoch."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + (timeout or self.hs.CALL_TIMEOUT)
+        row = await self.db(store.lookup, label, process_id)
+        if row is None or row.status != ProcessStatus.RUNNING or not row.owner_alive:
+            return False
+        target = None
+        if to_node is not None:
+            target = next((n for n in await self.nodes(True) if to_node in (n.name, n.id)), None)
+            if target is None:
+                raise NoLiveNodes(f"no live node named {to_node!r}")
+            if target.id == row.node_id:
+                return False
+        env = {"t": wire.MOVE, "l": label, "p": process_id, "to": target.id if target else None, "e": row.epoch}
+        try:
+            reply = await self.request(row.channel, env, max(0.01, deadline - loop.time()))
+        except _Undelivered:
+            return False
+        except TimeoutError:
+            raise CallTimeout(f"moving {label} {process_id!r} timed out") from None
+        self.cache.pop((label, process_id), None)
+        if reply.get("ok"):
+            return True
+        if reply.get("err") in (wire.E_NOT_HERE, wire.E_FENCED):
+            return False
+        raise error_from(reply)
+
+
+__all__ = ["Client", "ProcessRef", "Fenced"]

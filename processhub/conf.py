@@ -1,0 +1,122 @@
+"""One accessor for ``settings.PROCESSHUB`` with documented defaults.
+
+Read lazily (never at import time) and cleared on ``setting_changed`` so that
+``override_settings(PROCESSHUB=...)`` works in tests.
+"""
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, fields
+from typing import Any
+
+from django.core.exceptions import ImproperlyConfigured
+from django.core.signals import setting_changed
+from django.dispatch import receiver
+
+DEFAULTS: dict[str, Any] = {
+    # Seconds between two lease renewals of a node.
+    "HEARTBEAT_INTERVAL": 1.0,
+    # A node whose lease has not been renewed for this long (database clock) is dead.
+    "NODE_TTL": 5.0,
+    # A node stops serving this long *before* its lease ends (own monotonic clock),
+    # to absorb clock-rate differences between the node and the database.
+    "LEASE_SAFETY_MARGIN": 1.0,
+    # Seconds between two reconciliations of a node with the database.
+    "RECONCILE_INTERVAL": 1.0,
+    # Seconds between two full (non-incremental) resyncs of a node's own rows.
+    "FULL_RESYNC_INTERVAL": 30.0,
+    # Default timeout of call().
+    "CALL_TIMEOUT": 5.0,
+    # Defaults of the HordeProcess class options of the same (lower-case) name.
+    "WAIT_SLEEP": 0.1,
+    "WAIT_MAX": 5,
+    "MAX_RESTARTS": 3,
+    "MAX_SECONDS": 5.0,
+    "SHUTDOWN_TIMEOUT": 10.0,
+    # "auto" (redis when REDIS_URL is set, else memory), "redis", "memory" or "channels".
+    "TRANSPORT": "auto",
+    "REDIS_URL": None,
+    # Channel layer alias used by the "channels" transport.
+    "CHANNEL_LAYER": "default",
+    # Prefix of every channel name; two hubs sharing one Redis need two prefixes.
+    "PREFIX": "processhub",
+    # Run a node inside the web process: None = when the transport is "memory".
+    "EMBEDDED": None,
+    # Name of a node started without --node (default: hostname-pid).
+    "NODE_NAME": None,
+    # Limits on what clients may send.
+    "MAX_ID_LENGTH": 200,
+    "MAX_MESSAGE_BYTES": 1_048_576,
+    # How many rows a node claims or starts in one statement.
+    "BATCH_SIZE": 500,
+    # Port for Prometheus metrics of runhub (None: off).
+    "METRICS_PORT": None,
+    # Seconds a stopped/failed process row or a dead node row is kept (purge task).
+    "RETENTION": 7 * 24 * 3600.0,
+}
+
+
+@dataclass(frozen=True)
+class HubSettings:
+    HEARTBEAT_INTERVAL: float
+    NODE_TTL: float
+    LEASE_SAFETY_MARGIN: float
+    RECONCILE_INTERVAL: float
+    FULL_RESYNC_INTERVAL: float
+    CALL_TIMEOUT: float
+    WAIT_SLEEP: float
+    WAIT_MAX: int
+    MAX_RESTARTS: int
+    MAX_SECONDS: float
+    SHUTDOWN_TIMEOUT: float
+    TRANSPORT: str
+    REDIS_URL: str | None
+    CHANNEL_LAYER: str
+    PREFIX: str
+    EMBEDDED: bool | None
+    NODE_NAME: str | None
+    MAX_ID_LENGTH: int
+    MAX_MESSAGE_BYTES: int
+    BATCH_SIZE: int
+    METRICS_PORT: int | None
+    RETENTION: float
+
+    @property
+    def transport(self) -> str:
+        if self.TRANSPORT != "auto":
+            return self.TRANSPORT
+        return "redis" if self.REDIS_URL else "memory"
+
+    @property
+    def embedded(self) -> bool:
+        if self.EMBEDDED is None:
+            return self.transport == "memory"
+        return bool(self.EMBEDDED)
+
+
+@functools.cache
+def hub_settings() -> HubSettings:
+    from django.conf import settings
+
+    user = dict(getattr(settings, "PROCESSHUB", {}) or {})
+    unknown = sorted(set(user) - set(DEFAULTS))
+    if unknown:
+        raise ImproperlyConfigured(f"Unknown PROCESSHUB settings: {', '.join(unknown)}")
+    values = {**DEFAULTS, **user}
+    hs = HubSettings(**{f.name: values[f.name] for f in fields(HubSettings)})
+    if hs.LEASE_SAFETY_MARGIN >= hs.NODE_TTL or hs.HEARTBEAT_INTERVAL >= hs.NODE_TTL - hs.LEASE_SAFETY_MARGIN:
+        raise ImproperlyConfigured(
+            "PROCESSHUB needs HEARTBEAT_INTERVAL < NODE_TTL - LEASE_SAFETY_MARGIN "
+            f"(got {hs.HEARTBEAT_INTERVAL}, {hs.NODE_TTL}, {hs.LEASE_SAFETY_MARGIN})"
+        )
+    if hs.transport not in ("redis", "memory", "channels"):
+        raise ImproperlyConfigured(
+            f"PROCESSHUB TRANSPORT must be auto, redis, memory or channels, not {hs.TRANSPORT!r}"
+        )
+    return hs
+
+
+@receiver(setting_changed)
+def _reset(*, setting: str, **kwargs: Any) -> None:
+    if setting == "PROCESSHUB":
+        hub_settings.cache_clear()

@@ -1,0 +1,65 @@
+"""Every error processhub raises, one named class each, under one base class."""
+from __future__ import annotations
+
+
+class ProcessHubError(Exception):
+    """Base class of every processhub error."""
+
+
+class CallTimeout(ProcessHubError, TimeoutError):
+    """A call got no reply within its timeout (the message may or may not have been handled)."""
+
+
+class ProcessCrashed(ProcessHubError):
+    """The handler raised; carries the remote exception type name and traceback text."""
+
+    def __init__(self, message: str, exc_type: str = "", remote_traceback: str = "") -> None:
+        super().__init__(message)
+        self.exc_type = exc_type
+        self.remote_traceback = remote_traceback
+
+    def __str__(self) -> str:
+        base = super().__str__()
+        if self.remote_traceback:
+            return f"{base}\n--- remote traceback ---\n{self.remote_traceback}"
+        return base
+
+
+class NoLiveNodes(ProcessHubError):
+    """No node holds a valid lease, so nothing can be started or reached."""
+
+
+class UnknownProcessClass(ProcessHubError, LookupError):
+    """A class label that is not registered (only registered HordeProcess classes can run)."""
+
+
+class InvalidArgument(ProcessHubError, ValueError):
+    """A start argument or process id that cannot be used (not serializable, bad id)."""
+
+
+class InvalidMessage(InvalidArgument):
+    """A message that is not serializable, too large, or malformed on the wire."""
+
+
+class ProcessNotRunning(ProcessHubError):
+    """The process stopped or failed and will not run unless started again."""
+
+
+class ProcessUnavailable(ProcessHubError):
+    """The process is registered but its node cannot be reached right now (failover in progress)."""
+
+
+class TransportUnavailable(ProcessHubError):
+    """The message transport (Redis) cannot be reached."""
+
+
+class DatabaseUnavailable(ProcessHubError):
+    """The registry database cannot be reached."""
+
+
+class Fenced(ProcessHubError):
+    """This activation no longer owns its epoch (lease lost or taken over); the write was refused."""
+
+
+class SyncCallFromAsyncContext(ProcessHubError, RuntimeError):
+    """A sync client call was made from a running event loop; use the async twin (acall, astart...)."""

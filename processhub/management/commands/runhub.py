@@ -1,0 +1,15 @@
+"""``manage.py runhub``: run one hub node until SIGTERM/SIGINT (then drain)."""
+from django.core.management.base import BaseCommand
+
+from processhub.supervisor import NodeRunner
+
+
+class Command(BaseCommand):
+    help = "Run a processhub node: host HordeProcess activations until SIGTERM/SIGINT, then hand them off."
+    runner_class = NodeRunner
+
+    def add_arguments(self, parser):
+        parser.add_argument("--node", default=None, help="Node name (default: PROCESSHUB NODE_NAME or hostname-pid).")
+
+    def handle(self, *args, node=None, **options):
+        self.runner_class(name=node).run()

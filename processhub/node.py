@@ -1,0 +1,601 @@
+"""The per-node supervisor behind ``runhub``: lease, heartbeat, reconcile, routing, drain.
+
+Lifecycle as named operations: ``start`` (register), ``_heartbeat_loop``
+(renew), ``fence`` (lease lost: stop everything, rejoin under a new
+incarnation), ``drain`` (SIGTERM: hand processes to the other nodes, leave).
+"""
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import os
+import socket
+import time
+import uuid
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from django.db import DatabaseError
+
+from . import decisions, registry, store, wire
+from .activation import INFO, MOVE_REQ, STOP_REQ, Slot
+from .conf import hub_settings
+from .exceptions import InvalidMessage, ProcessHubError, UnknownProcessClass
+from .models import NodeStatus, ProcessStatus
+from .placement import choose_item
+
+if TYPE_CHECKING:
+    from .runtime import Runtime
+
+logger = logging.getLogger(__name__)
+
+
+class Node:
+    def __init__(self, rt: Runtime, name: str | None = None) -> None:
+        self.rt = rt
+        self.hs = hub_settings()
+        self.name = name or self.hs.NODE_NAME or f"{socket.gethostname()}-{os.getpid()}"
+        self.id = ""
+        self.channel = ""
+        self.slots: dict[tuple[str, str], Slot] = {}
+        self.claiming: dict[tuple[str, str], asyncio.Future] = {}
+        self.fenced = True
+        self.draining = False
+        self.stopped = asyncio.Event()
+        self.lease_deadline = 0.0
+        self._hb_pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="processhub-heartbeat")
+        self._tasks: list[asyncio.Task] = []
+        self._queue: list[tuple[tuple[str, str], Any, str, asyncio.Future]] = []
+        self._queue_event = asyncio.Event()
+        self._poke = asyncio.Event()
+        self._writes = 0
+        self._write_gen = 0
+        self._last_full = 0.0
+        self._rejoining = False
+        self.listeners: list[Callable[..., None]] = []
+
+    # ================================================================ lifecycle
+
+    async def start(self) -> None:
+        await self._register()
+        self.rt.node = self
+        for coro in (self._heartbeat_loop(), self._watchdog_loop(), self._reconcile_loop(), self._start_loop()):
+            self._tasks.append(asyncio.create_task(coro))
+
+    async def _register(self) -> None:
+        self.id = uuid.uuid4().hex
+        self.channel = f"{self.hs.PREFIX}.node.{self.id}"
+        await self.rt.transport.subscribe(self.channel, self._on_message)
+        sent = time.monotonic()
+        await self.rt.db(store.register_node, self.id, self.name, socket.gethostname(), os.getpid(), self.channel,
+                         self.hs.NODE_TTL)
+        self.lease_deadline = sent + self.hs.NODE_TTL - self.hs.LEASE_SAFETY_MARGIN
+        self.fenced = False
+        self._last_full = 0.0
+        logger.info("processhub: node %s up (incarnation %s)", self.name, self.id)
+        self.lifecycle("node_up")
+        await self._event({"e": "node_up", "node": self.id})
+        self._poke.set()
+
+    def lease_valid(self) -> bool:
+        return not self.fenced and time.monotonic() < self.lease_deadline
+
+    async def _heartbeat_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(self.hs.HEARTBEAT_INTERVAL)
+            if self.fenced:
+                continue
+            sent = time.monotonic()
+            budget = max(0.05, self.lease_deadline - sent)
+            fut = loop.run_in_executor(self._hb_pool, _db_call, store.heartbeat, (self.id, self.hs.NODE_TTL))
+            try:
+                ok = await asyncio.wait_for(fut, budget)
+            except TimeoutError:
+                # The statement hangs (a blackholed link): abandon that thread so the
+                # next heartbeat is not queued behind it; the watchdog fences on time.
+                logger.warning("processhub: heartbeat of %s hung for %.2fs", self.name, budget)
+                self._hb_pool.shutdown(wait=False)
+                self._hb_pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="processhub-heartbeat")
+                continue
+            except DatabaseError as exc:
+                logger.warning("processhub: heartbeat of %s failed: %s", self.name, exc)
+                continue
+            if ok:
+                self.lease_deadline = max(self.lease_deadline, sent + self.hs.NODE_TTL - self.hs.LEASE_SAFETY_MARGIN)
+            elif not self.fenced:
+                await self.fence("the database says this node's lease ran out")
+
+    async def _watchdog_loop(self) -> None:
+        while True:
+            if self.fenced:
+                await asyncio.sleep(0.05)
+                continue
+            left = self.lease_deadline - time.monotonic()
+            if left > 0:
+                await asyncio.sleep(min(left, 0.5))
+                continue
+            await self.fence("lease not renewed in time")
+
+    def fence_soon(self, reason: str) -> None:
+        if not self.fenced:
+            asyncio.ensure_future(self.fence(reason))
+
+    async def fence(self, reason: str) -> None:
+        """Lease lost (I3): stop every activation, serve nothing, rejoin under a new incarnation."""
+        if self.fenced:
+            return
+        self.fenced = True
+        old_id, old_channel = self.id, self.channel
+        logger.warning("processhub: node %s (incarnation %s) fenced: %s; stopping %d processes", self.name, old_id,
+                       reason, len(self.slots))
+        slots = list(self.slots.values())
+        self.slots.clear()
+        for fut in self.claiming.values():
+            if not fut.done():
+                fut.set_result(("error", wire.E_FENCED, "node lost its lease"))
+        self.claiming.clear()
+        timeout = min(1.0, self.hs.SHUTDOWN_TIMEOUT)
+        await asyncio.gather(*(s.kill("lease lost", timeout) for s in slots), return_exceptions=True)
+        self.lifecycle("node_down", reason=reason)
+        try:
+            await self.rt.transport.unsubscribe(old_channel)
+        except ProcessHubError:
+            pass
+        try:
+            # Nothing runs here any more: let the others take over now, not at TTL.
+            await self.rt.db(store.set_node_status, old_id, NodeStatus.DOWN)
+            await self._event({"e": "node_down", "node": old_id})
+        except (DatabaseError, ProcessHubError) as exc:
+            logger.info("processhub: could not mark incarnation %s down (%s); its lease expires anyway", old_id, exc)
+        if not self.draining:
+            asyncio.ensure_future(self._rejoin())
+
+    async def _rejoin(self) -> None:
+        if self._rejoining:
+            return
+        self._rejoining = True
+        backoff = 0.1
+        try:
+            while self.fenced and not self.draining:
+                try:
+                    await self._register()
+                    logger.info("processhub: node %s rejoined as incarnation %s", self.name, self.id)
+                    return
+                except (DatabaseError, ProcessHubError, OSError) as exc:
+                    logger.warning("processhub: node %s cannot rejoin yet: %s", self.name, exc)
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, 2.0)
+        finally:
+            self._rejoining = False
+
+    async def drain(self) -> None:
+        """SIGTERM: take no new work, hand every process to the other live nodes, then leave."""
+        if self.draining:
+            return
+        self.draining = True
+        logger.info("processhub: node %s draining %d processes", self.name, len(self.slots))
+        if not self.fenced:
+            try:
+                await self.rt.db(store.set_node_status, self.id, NodeStatus.DRAINING)
+                others = [n for n in await self.rt.db(store.live_nodes) if n.id != self.id]
+            except DatabaseError as exc:
+                logger.warning("processhub: drain of %s cannot reach the database (%s): stopping in place",
+                               self.name, exc)
+                others = None
+            if others is not None:
+                loop = asyncio.get_running_loop()
+                acks = []
+                for slot in list(self.slots.values()):
+                    target = choose_item(f"{slot.label}:{slot.process_id}", others, lambda n: n.name)
+                    fut = loop.create_future()
+                    slot.busy = True
+                    slot.post((MOVE_REQ, target, None, fut))
+                    acks.append(fut)
+                if acks:
+                    done, pending = await asyncio.wait(acks, timeout=self.hs.SHUTDOWN_TIMEOUT + 1)
+                    logger.info("processhub: node %s handed off %d processes (%d unanswered)", self.name,
+                                len(done), len(pending))
+        for task in self._tasks:
+            task.cancel()
+        slots = list(self.slots.values())
+        self.slots.clear()
+        await asyncio.gather(*(s.kill("shutdown", self.hs.SHUTDOWN_TIMEOUT) for s in slots), return_exceptions=True)
+        if not self.fenced:
+            self.fenced = True
+            try:
+                await self.rt.db(store.set_node_status, self.id, NodeStatus.DOWN)
+                await self._event({"e": "node_down", "node": self.id})
+            except (DatabaseError, ProcessHubError) as exc:
+                logger.warning("processhub: could not mark %s down: %s", self.name, exc)
+            self.lifecycle("node_down", reason="shutdown")
+        try:
+            await self.rt.transport.unsubscribe(self.channel)
+        except ProcessHubError:
+            pass
+        logger.info("processhub: node %s stopped", self.name)
+        self.stopped.set()
+
+    # ================================================================ plumbing
+
+    async def invoke(self, fn: Callable, *args: Any) -> Any:
+        """Await an async callback, or run a plain ``def`` one in a worker thread."""
+        if asyncio.iscoroutinefunction(fn):
+            return await fn(*args)
+        return await asyncio.get_running_loop().run_in_executor(self.rt.handler_pool, _db_call, fn, args)
+
+    async def write(self, fn: Callable, *args: Any) -> Any:
+        """A write to this node's own rows; reconcile ignores diffs taken while one is in flight."""
+        self._writes += 1
+        try:
+            return await self.rt.db(fn, *args)
+        except DatabaseError:
+            logger.exception("processhub: registry write %s failed on %s", fn.__name__, self.name)
+            return None
+        finally:
+            self._writes -= 1
+            self._write_gen += 1
+
+    async def reply(self, reply_to: str | None, corr: str | None, data: dict) -> None:
+        if not reply_to:
+            return
+        data["t"] = wire.REPLY
+        data["id"] = corr
+        try:
+            await self.rt.transport.publish(reply_to, wire.dumps(data))
+        except ProcessHubError as exc:
+            logger.warning("processhub: reply to %s lost: %s", reply_to, exc)
+
+    async def reply_error(self, reply_to: str | None, corr: str | None, code: str, msg: str) -> None:
+        await self.reply(reply_to, corr, {"ok": False, "err": code, "msg": msg})
+
+    async def ack(self, item: tuple, ok: bool) -> None:
+        _, _, reply_to, corr = item
+        if isinstance(corr, asyncio.Future):
+            if not corr.done():
+                corr.set_result(ok)
+        elif reply_to:
+            await self.reply(reply_to, corr, {"ok": ok} if ok else {"ok": False, "err": wire.E_NOT_HERE,
+                                                                     "msg": "not moved"})
+
+    async def _event(self, env: dict) -> None:
+        env["t"] = wire.EVENT
+        try:
+            await self.rt.transport.publish(f"{self.hs.PREFIX}.events", wire.dumps(env))
+        except ProcessHubError as exc:
+            logger.debug("processhub: event lost: %s", exc)
+
+    async def hint_activate(self, target: store.NodeInfo) -> None:
+        try:
+            await self.rt.transport.publish(target.channel, wire.dumps({"t": wire.ACTIVATE}))
+        except ProcessHubError:
+            pass  # the target's reconcile finds the row anyway
+
+    def forget(self, slot: Slot, reason: str, crashed: bool = False) -> None:
+        if self.slots.get(slot.key) is slot:
+            del self.slots[slot.key]
+        asyncio.ensure_future(self._event({"e": "unregistered", "l": slot.label, "p": slot.process_id,
+                                           "epoch": slot.epoch}))
+        self.lifecycle("stopped", slot, reason=reason)
+
+    def lifecycle(self, event: str, slot: Slot | None = None, **extra: Any) -> None:
+        """One log line per lifecycle event; listeners (signals, metrics) get the same facts."""
+        if slot is not None:
+            logger.info("processhub: %s %s %r node=%s epoch=%s %s", event, slot.label, slot.process_id, self.name,
+                        slot.epoch, extra.get("reason", ""))
+        for listener in self.listeners:
+            try:
+                listener(event, self, slot, **extra)
+            except Exception:
+                logger.exception("processhub: lifecycle listener failed")
+
+    def metrics_call(self, label: str) -> None:
+        """Hook for metrics (kept cheap: called once per handled call)."""
+
+    # ================================================================ messages
+
+    def _on_message(self, data: bytes) -> None:
+        try:
+            env = wire.loads(data)
+            kind = env["t"]
+            if kind == wire.ACTIVATE:
+                self._poke.set()
+                return
+            reply_to = env.get("r")
+            corr = env.get("id")
+            if reply_to is not None and not isinstance(reply_to, str) or corr is not None and not isinstance(corr, str):
+                raise InvalidMessage("'r' and 'id' must be strings")
+            if kind not in (wire.START, wire.CALL, wire.CAST, wire.STOP, wire.MOVE):
+                raise InvalidMessage(f"unknown envelope kind {kind!r}")
+            key = (wire.field(env, "l", str), wire.field(env, "p", str))
+        except (InvalidMessage, UnicodeDecodeError) as exc:
+            logger.warning("processhub: node %s rejected a malformed message: %s", self.name, exc)
+            self._reply_invalid(data, str(exc))
+            return
+        if not self.lease_valid():
+            if reply_to:
+                asyncio.ensure_future(self.reply_error(reply_to, corr, wire.E_FENCED, "node has no valid lease"))
+            if not self.fenced:
+                self.fence_soon("lease ran out")
+            return
+        if kind == wire.START:
+            asyncio.ensure_future(self._handle_start(env, key, reply_to, corr))
+            return
+        slot = self.slots.get(key)
+        if slot is None or slot.busy:
+            if reply_to:
+                asyncio.ensure_future(self.reply_error(reply_to, corr, wire.E_NOT_HERE,
+                                                       f"{key[0]} {key[1]!r} is not running on {self.name}"))
+            else:
+                logger.info("processhub: cast to %s %r dropped: not running on %s", key[0], key[1], self.name)
+            return
+        if kind == wire.CALL:
+            if "m" not in env:
+                asyncio.ensure_future(self.reply_error(reply_to, corr, wire.E_INVALID, "call without 'm'"))
+                return
+            ttl = env.get("ttl")
+            deadline = time.monotonic() + ttl if isinstance(ttl, (int, float)) and not isinstance(ttl, bool) else None
+            slot.post((wire.CALL, env["m"], reply_to, corr, deadline))
+        elif kind == wire.CAST:
+            slot.post((wire.CAST, env.get("m")))
+        elif kind == wire.STOP:
+            slot.busy = True
+            slot.post((STOP_REQ, None, reply_to, corr))
+        elif kind == wire.MOVE:
+            asyncio.ensure_future(self._handle_move(slot, env, reply_to, corr))
+
+    def _reply_invalid(self, data: bytes, msg: str) -> None:
+        # Answer a malformed request when it says where to, so its sender learns why.
+        try:
+            import json
+
+            env = json.loads(data)
+            reply_to, corr = env.get("r"), env.get("id")
+        except (ValueError, AttributeError, TypeError, UnicodeDecodeError):
+            return
+        if isinstance(reply_to, str) and isinstance(corr, str):
+            asyncio.ensure_future(self.reply_error(reply_to, corr, wire.E_INVALID, msg))
+
+    async def _handle_move(self, slot: Slot, env: dict, reply_to, corr) -> None:
+        to = env.get("to")
+        target = None
+        if to is not None:
+            try:
+                target = next((n for n in await self.rt.db(store.live_nodes) if n.id == to), None)
+            except DatabaseError as exc:
+                await self.reply_error(reply_to, corr, wire.E_UNAVAILABLE, f"database: {exc}")
+                return
+            if target is None:
+                await self.reply_error(reply_to, corr, wire.E_UNAVAILABLE, f"node {to} is not live")
+                return
+        if env.get("e") not in (None, slot.epoch) or self.slots.get(slot.key) is not slot or slot.busy:
+            await self.reply_error(reply_to, corr, wire.E_NOT_HERE, "epoch changed")
+            return
+        slot.busy = True
+        slot.post((MOVE_REQ, target, reply_to, corr))
+
+    # ================================================================ start
+
+    async def _handle_start(self, env: dict, key: tuple[str, str], reply_to, corr) -> None:
+        try:
+            result = await self._start_one(env, key)
+        except (InvalidMessage, UnknownProcessClass) as exc:
+            code = wire.E_UNKNOWN_CLASS if isinstance(exc, UnknownProcessClass) else wire.E_INVALID
+            logger.warning("processhub: node %s refused a start: %s", self.name, exc)
+            await self.reply_error(reply_to, corr, code, str(exc))
+            return
+        await self.reply(reply_to, corr, result)
+
+    async def _start_one(self, env: dict, key: tuple[str, str]) -> dict:
+        cls = registry.get(key[0])
+        arg = env.get("a")
+        try:
+            pid = cls.process_id(arg)
+        except Exception as exc:
+            raise InvalidMessage(f"{key[0]}.process_id() raised {exc!r}") from None
+        if pid != key[1]:
+            raise InvalidMessage(f"process id {key[1]!r} does not match process_id(arg) = {pid!r}")
+        if self.draining:
+            return {"ok": False, "err": wire.E_FENCED, "msg": "node is draining"}
+        for _ in range(5):
+            slot = self.slots.get(key)
+            if slot is not None and not slot.busy:
+                return await self._when_ready(slot, created=False)
+            fut = self.claiming.get(key)
+            if fut is None:
+                fut = self.claiming[key] = asyncio.get_running_loop().create_future()
+                self._queue.append((key, arg, cls.restart, fut))
+                self._queue_event.set()
+                first = True
+            else:
+                first = False
+            outcome = await asyncio.shield(fut)
+            kind = outcome[0]
+            if kind == "slot":
+                return await self._when_ready(outcome[1], created=first and outcome[2])
+            if kind == "ref":
+                return {"ok": True, "ref": outcome[1].as_wire(), "created": False}
+            if kind == "error":
+                return {"ok": False, "err": outcome[1], "msg": outcome[2]}
+            # "retry": the row changed under us; decide again.
+        return {"ok": False, "err": wire.E_UNAVAILABLE, "msg": "start kept racing; try again"}
+
+    async def _when_ready(self, slot: Slot, created: bool) -> dict:
+        try:
+            await asyncio.shield(slot.ready)
+        except asyncio.CancelledError:
+            return {"ok": False, "err": wire.E_NOT_HERE, "msg": "activation was stopped"}
+        except Exception as exc:
+            return {"ok": False, "err": wire.E_CRASHED, "msg": f"init failed: {exc}",
+                    "exc_type": getattr(exc, "exc_type", type(exc).__name__), "tb": getattr(exc, "tb", "")}
+        return {"ok": True, "ref": slot.ref(created).as_wire(), "created": created}
+
+    async def _start_loop(self) -> None:
+        """Group commit: every start waiting here goes into one INSERT (DESIGN: activation rate)."""
+        while True:
+            await self._queue_event.wait()
+            self._queue_event.clear()
+            while self._queue:
+                batch, self._queue = self._queue[: self.hs.BATCH_SIZE], self._queue[self.hs.BATCH_SIZE:]
+                try:
+                    await self._start_batch(batch)
+                except Exception as exc:
+                    logger.exception("processhub: start batch failed on %s", self.name)
+                    for key, _, _, fut in batch:
+                        self.claiming.pop(key, None)
+                        if not fut.done():
+                            fut.set_result(("error", wire.E_UNAVAILABLE, f"start failed: {exc}"))
+
+    async def _start_batch(self, batch: list) -> None:
+        if not self.lease_valid():
+            for key, _, _, fut in batch:
+                self.claiming.pop(key, None)
+                fut.set_result(("error", wire.E_FENCED, "node has no valid lease"))
+            return
+        items = [(k[0], k[1], arg, restart) for k, arg, restart, _ in batch]
+        inserted = await self.write(store.insert_new, self.id, items)
+        if inserted is None:
+            inserted = {}
+        for key, arg, restart, fut in batch:
+            row_id = inserted.get(key)
+            if row_id is not None:
+                slot = self._activate(store.Row(row_id, key[0], key[1], arg, 1, restart, None))
+                outcome = ("slot", slot, True)
+            else:
+                outcome = await self._start_existing(key, arg)
+            if self.claiming.get(key) is fut:
+                del self.claiming[key]
+            if not fut.done():
+                fut.set_result(outcome)
+
+    async def _start_existing(self, key: tuple[str, str], arg: Any) -> tuple:
+        """The row exists: join it, take it over, or restart it, depending on its state."""
+        from .client import ProcessRef
+
+        try:
+            row = await self.rt.db(store.lookup_row, *key)
+        except DatabaseError as exc:
+            return ("error", wire.E_UNAVAILABLE, f"database: {exc}")
+        if row is None:
+            return ("retry",)
+        status, rid, epoch, node_id, name, channel, alive = row
+        if status == ProcessStatus.RUNNING and node_id == self.id:
+            slot = self.slots.get(key)
+            if slot is None:
+                rows = await self.rt.db(store.rows_by_id, [rid])
+                if not rows or rows[0].epoch != epoch:
+                    return ("retry",)
+                slot = self._activate(rows[0])
+            return ("slot", slot, False)
+        if status == ProcessStatus.RUNNING and alive:
+            return ("ref", ProcessRef(key[0], key[1], name, node_id, epoch, False, channel))
+        # Owner dead or absent, or the process was stopped/failed: claim it (epoch+1).
+        restarting = status != ProcessStatus.RUNNING
+        got = await self.write(store.claim, self.id, [(rid, epoch)], restarting, arg if restarting else None)
+        if not got:
+            return ("retry",)
+        return ("slot", self._activate(got[0]), True)
+
+    def _activate(self, row: store.Row) -> Slot:
+        cls = registry.get(row.label)
+        slot = Slot(self, cls, row)
+        old = self.slots.get(slot.key)
+        if old is not None:
+            asyncio.ensure_future(old.kill("superseded", 1.0))
+        self.slots[slot.key] = slot
+        slot.start()
+        return slot
+
+    # ================================================================ reconcile
+
+    async def _reconcile_loop(self) -> None:
+        while True:
+            try:
+                await asyncio.wait_for(self._poke.wait(), self.hs.RECONCILE_INTERVAL)
+            except TimeoutError:
+                pass
+            self._poke.clear()
+            if not self.lease_valid() or self.draining:
+                continue
+            try:
+                await self.reconcile()
+            except DatabaseError as exc:
+                logger.warning("processhub: reconcile on %s failed (%s); retrying", self.name, exc)
+            except Exception:
+                logger.exception("processhub: reconcile on %s failed", self.name)
+
+    async def reconcile(self) -> None:
+        live = await self.rt.db(store.live_nodes)
+        if await self.rt.db(store.mark_expired_nodes_down):
+            await self._event({"e": "nodes_changed"})
+        await self._take_orphans(live)
+        await self._sync_own()
+
+    async def _take_orphans(self, live: list[store.NodeInfo]) -> None:
+        owners: list[str | None] = [*await self.rt.db(store.dead_nodes_owning_processes), None]
+        for owner in owners:
+            rows = await self.rt.db(store.rows_for, owner, self.hs.BATCH_SIZE * 4)
+            claim, stop = [], []
+            for r in rows:
+                winner = choose_item(f"{r.label}:{r.process_id}", live, lambda n: n.name)
+                action = decisions.orphan_action(r.restart, winner is not None and winner.id == self.id)
+                if action == "claim" and (r.label, r.process_id) not in self.claiming:
+                    if r.label in registry.labels_set():
+                        claim.append(r)
+                    else:
+                        logger.error("processhub: cannot take over %s %r: class %s is not registered on %s",
+                                     r.label, r.process_id, r.label, self.name)
+                elif action == "stop":
+                    stop.append(r)
+            for r in stop:
+                await self.write(store.finish, r.id, owner, r.epoch, ProcessStatus.STOPPED,
+                                 "temporary process lost with its node")
+            for i in range(0, len(claim), self.hs.BATCH_SIZE):
+                chunk = claim[i:i + self.hs.BATCH_SIZE]
+                if not self.lease_valid():
+                    return
+                got = await self.write(store.claim, self.id, [(r.id, r.epoch) for r in chunk]) or []
+                for row in got:
+                    self._activate(row)
+                if got:
+                    logger.info("processhub: node %s took over %d processes from %s", self.name, len(got),
+                                owner or "no node")
+
+    async def _sync_own(self) -> None:
+        gen, busy_writes = self._write_gen, self._writes
+        if busy_writes:
+            return
+        now = time.monotonic()
+        full = now - self._last_full > self.hs.FULL_RESYNC_INTERVAL
+        mine = {k: s.epoch for k, s in self.slots.items()}
+        if not full:
+            count, total = await self.rt.db(store.own_digest, self.id)
+            if count == len(mine) and total == sum(mine.values()):
+                return
+        rows = await self.rt.db(store.rows_for, self.id, 10_000_000)
+        if gen != self._write_gen or self._writes:
+            return  # our own write raced the read; look again next time
+        self._last_full = now
+        by_key = {(r.label, r.process_id): r for r in rows}
+        mine = {k: s.epoch for k, s in self.slots.items()}
+        busy = set(self.claiming) | {k for k, s in self.slots.items() if s.busy}
+        diff = decisions.diff_own({k: r.epoch for k, r in by_key.items()}, mine, busy)
+        for key in diff.kill:
+            slot = self.slots.pop(key, None)
+            if slot is not None:
+                logger.warning("processhub: %s %r epoch %s no longer belongs to %s; stopping it", key[0], key[1],
+                               slot.epoch, self.name)
+                await slot.kill("superseded", 1.0)
+        for key in diff.activate:
+            if key[0] in registry.labels_set():
+                self._activate(by_key[key])
+
+
+def _db_call(fn: Callable, args: tuple) -> Any:
+    from .runtime import _with_connection
+
+    return _with_connection(fn, args)
+
+
+__all__ = ["Node", "INFO", "STOP_REQ"]

@@ -1,0 +1,231 @@
+"""``HordeProcess``: the base class users subclass, with its callbacks and the class-level client API."""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable, Iterator
+from typing import Any, ClassVar
+
+from django.core.exceptions import ImproperlyConfigured
+
+from .client import ProcessRef
+from .exceptions import Fenced, InvalidArgument
+
+_POLICIES = ("permanent", "transient", "temporary")
+_pending: list[type] = []  # classes defined before the app registry was ready
+
+
+def _rt():
+    from .runtime import get_runtime
+
+    return get_runtime()
+
+
+class HordeProcess:
+    """One long-lived process per id, at most one live activation in the cluster.
+
+    Subclass it in an installed app's ``processes.py``; the class is registered
+    under ``app_label.ClassName``. Callbacks may be ``async def`` or plain ``def``
+    (plain ones run in a worker thread, so the ORM can be used directly).
+    """
+
+    abstract: ClassVar[bool] = True
+    label: ClassVar[str] = ""
+
+    # Class options; None means "the PROCESSHUB setting of the same name".
+    restart: ClassVar[str] = "permanent"
+    shutdown_timeout: ClassVar[float | None] = None
+    wait_sleep: ClassVar[float | None] = None
+    wait_max: ClassVar[int | None] = None
+    max_restarts: ClassVar[int | None] = None
+    max_seconds: ClassVar[float | None] = None
+
+    # Set on every activation before init().
+    process_id: str
+    node: str
+    epoch: int
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.__dict__.get("abstract"):
+            return
+        cls.abstract = False
+        if cls.restart not in _POLICIES:
+            raise ImproperlyConfigured(f"{cls.__qualname__}.restart must be one of {_POLICIES}, not {cls.restart!r}")
+        from django.apps import apps
+
+        if apps.apps_ready:
+            _register(cls)
+        else:
+            _pending.append(cls)
+
+    # ------------------------------------------------------------------ callbacks
+
+    @classmethod
+    def process_id(cls, arg: Any) -> str:  # type: ignore[override]
+        """The unique id for ``arg``; the default accepts a str or an int."""
+        if isinstance(arg, str):
+            return arg
+        if isinstance(arg, int) and not isinstance(arg, bool):
+            return str(arg)
+        raise InvalidArgument(f"{cls.__qualname__}.process_id() cannot make an id of {arg!r}; override it")
+
+    async def init(self, arg: Any) -> None:
+        """Fast set-up; the process serves messages once this returns."""
+
+    async def handle_continue(self) -> None:
+        """Slow set-up after registration (database loads)."""
+
+    async def handle_call(self, message: Any) -> Any:
+        """Handle a call; the return value (JSON data) is the reply."""
+        raise NotImplementedError(f"{type(self).__qualname__} does not handle calls")
+
+    async def handle_cast(self, message: Any) -> None:
+        """Handle a cast (no reply)."""
+
+    async def handle_info(self, message: Any) -> None:
+        """Handle a timer message from send_after()."""
+
+    async def terminate(self, reason: str) -> None:
+        """Called when the activation ends: 'shutdown', 'handoff', 'lease lost', 'crash: ...'."""
+
+    async def begin_handoff(self) -> Any:
+        """Return JSON state to hand to the next activation when this one moves (drain, admin move)."""
+        return None
+
+    async def end_handoff(self, state: Any) -> None:
+        """Receive the state returned by begin_handoff() of the previous activation (after init)."""
+
+    # ------------------------------------------------------------------ inside a process
+
+    def send_after(self, seconds: float, message: Any) -> asyncio.TimerHandle | None:
+        """Deliver ``message`` to handle_info() of this activation after ``seconds``."""
+        from .activation import INFO
+
+        slot = self._slot
+        epoch = self.epoch
+        loop = slot.node.rt.loop
+
+        def fire() -> None:
+            if slot.epoch == epoch and slot.node.slots.get(slot.key) is slot:
+                slot.post((INFO, message, epoch))
+
+        if _on_loop(loop):
+            return loop.call_later(seconds, fire)
+        loop.call_soon_threadsafe(loop.call_later, seconds, fire)
+        return None
+
+    def exit(self, reason: str = "normal") -> None:
+        """End this process after the current handler ('normal' counts as a clean exit)."""
+        self._exit_reason = reason
+
+    @contextlib.contextmanager
+    def fenced(self) -> Iterator[None]:
+        """A transaction that commits only while this activation still owns its epoch (DESIGN I4).
+
+        Use it from sync code (a plain ``def`` handler or ``run_fenced``). It locks
+        the process row, so a takeover waits until this transaction ends; raises
+        ``Fenced`` if the row has already moved on.
+        """
+        from django.db import transaction
+
+        from . import store
+
+        with transaction.atomic():
+            if not store.owns(self._slot.label, self.process_id, self._slot.node.id, self.epoch, lock=True):
+                raise Fenced(f"{self.process_id!r} epoch {self.epoch} is no longer owned by {self.node}")
+            yield
+
+    async def run_fenced(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run the sync ``fn(*args)`` in a DB thread inside ``fenced()``; returns its result."""
+
+        def body() -> Any:
+            with self.fenced():
+                return fn(*args)
+
+        return await self._slot.node.rt.db(body)
+
+    # ------------------------------------------------------------------ client API
+
+    @classmethod
+    def start(cls, arg: Any, timeout: float | None = None, node: str | None = None) -> ProcessRef:
+        """Start (or find) the process for ``arg``; ``ref.created`` tells whether this call started it."""
+        rt = _rt()
+        return rt.run_sync(rt.client.start(cls, arg, timeout, node))
+
+    @classmethod
+    async def astart(cls, arg: Any, timeout: float | None = None, node: str | None = None) -> ProcessRef:
+        rt = _rt()
+        return await rt.run_async(rt.client.start(cls, arg, timeout, node))
+
+    @classmethod
+    def fetch(cls, arg: Any) -> ProcessRef | None:
+        """Where the process runs, or None; never starts it."""
+        rt = _rt()
+        ref = rt.client.cached(rt.client.key_for(cls, arg))
+        if ref is not None:
+            return ref
+        return rt.run_sync(rt.client.fetch(cls, arg))
+
+    @classmethod
+    async def afetch(cls, arg: Any) -> ProcessRef | None:
+        rt = _rt()
+        ref = rt.client.cached(rt.client.key_for(cls, arg))
+        if ref is not None:
+            return ref
+        return await rt.run_async(rt.client.fetch(cls, arg))
+
+    @classmethod
+    def call(cls, arg: Any, message: Any, timeout: float | None = None) -> Any:
+        """Get-or-start the process, wait for its init, send ``message``; return the reply."""
+        rt = _rt()
+        return rt.run_sync(rt.client.call(cls, arg, message, timeout))
+
+    @classmethod
+    async def acall(cls, arg: Any, message: Any, timeout: float | None = None) -> Any:
+        rt = _rt()
+        return await rt.run_async(rt.client.call(cls, arg, message, timeout))
+
+    @classmethod
+    def cast(cls, arg: Any, message: Any) -> None:
+        """Get-or-start the process and send ``message`` without waiting (at most once)."""
+        rt = _rt()
+        rt.run_sync(rt.client.cast(cls, arg, message))
+
+    @classmethod
+    async def acast(cls, arg: Any, message: Any) -> None:
+        rt = _rt()
+        await rt.run_async(rt.client.cast(cls, arg, message))
+
+    @classmethod
+    def stop(cls, arg: Any, timeout: float | None = None) -> bool:
+        """Stop the process (terminate('shutdown'), row marked stopped); False if it was not running."""
+        rt = _rt()
+        return rt.run_sync(rt.client.stop(cls, arg, timeout))
+
+    @classmethod
+    async def astop(cls, arg: Any, timeout: float | None = None) -> bool:
+        rt = _rt()
+        return await rt.run_async(rt.client.stop(cls, arg, timeout))
+
+
+def _on_loop(loop: asyncio.AbstractEventLoop) -> bool:
+    try:
+        return asyncio.get_running_loop() is loop
+    except RuntimeError:
+        return False
+
+
+def _register(cls: type[HordeProcess]) -> None:
+    from . import registry
+
+    cls.label = registry.register(cls)
+
+
+def register_pending() -> None:
+    """Register classes defined before the app registry was ready (called from AppConfig.ready)."""
+    while _pending:
+        _register(_pending.pop())
+
+
+__all__ = ["HordeProcess", "ProcessRef"]

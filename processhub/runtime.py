@@ -1,0 +1,143 @@
+"""One hub runtime per OS process: an event loop, a transport, a client, maybe a node.
+
+Sync callers (views, Celery tasks, the shell) hand coroutines to the runtime's
+loop instead of opening a loop, a connection and a reply subscription per call.
+In ``runhub`` the runtime's loop is the node's main loop; elsewhere it is a
+daemon thread started on first use. A fork (Celery prefork) gets a new runtime.
+"""
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import os
+import threading
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+from django.db import close_old_connections
+
+from .conf import hub_settings
+from .exceptions import SyncCallFromAsyncContext
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class Runtime:
+    def __init__(self, loop: asyncio.AbstractEventLoop, thread: threading.Thread | None) -> None:
+        from .client import Client
+        from .transport import make_transport
+
+        hs = hub_settings()
+        self.pid = os.getpid()
+        self.loop = loop
+        self.thread = thread
+        self.transport = make_transport(hs.transport, hs.REDIS_URL)
+        self.client = Client(self)
+        self.node = None  # set when a node runs in this OS process
+        # Thread pools for blocking database work: one reserved for heartbeats,
+        # so lease renewal never queues behind slow reconcile statements.
+        self.db_pool = concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="processhub-db")
+        self.handler_pool = concurrent.futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="processhub-sync")
+
+    async def open(self) -> None:
+        await self.transport.start()
+        await self.client.open()
+
+    async def db(self, fn: Callable[..., T], *args: Any, pool: concurrent.futures.Executor | None = None) -> T:
+        """Run a blocking ORM function in a DB thread, with Django's connection hygiene."""
+        return await self.loop.run_in_executor(pool or self.db_pool, _with_connection, fn, args)
+
+    def run_sync(self, coro: Awaitable[T], timeout: float | None = None) -> T:
+        """Run ``coro`` on the runtime loop from a thread that is not running a loop."""
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is not None:
+            if hasattr(coro, "close"):
+                coro.close()
+            raise SyncCallFromAsyncContext(
+                "a sync processhub call was made from a running event loop; use the async twin (acall, astart, ...)"
+            )
+        fut = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        try:
+            return fut.result(timeout)
+        except concurrent.futures.TimeoutError:
+            fut.cancel()
+            raise
+
+    async def run_async(self, coro: Awaitable[T]) -> T:
+        """Await ``coro`` on the runtime loop from any loop."""
+        if asyncio.get_running_loop() is self.loop:
+            return await coro
+        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, self.loop))
+
+
+def _with_connection(fn: Callable[..., T], args: tuple) -> T:
+    # Drop connections that errored or outlived CONN_MAX_AGE before and after,
+    # as channels' database_sync_to_async does: a DB restart costs one failed call.
+    close_old_connections()
+    try:
+        return fn(*args)
+    finally:
+        close_old_connections()
+
+
+_runtime: Runtime | None = None
+_lock = threading.Lock()
+
+
+def get_runtime() -> Runtime:
+    """The runtime of this OS process, started on first use (and again after a fork)."""
+    rt = _runtime
+    if rt is not None and rt.pid == os.getpid():
+        return rt
+    with _lock:
+        rt = _runtime
+        if rt is not None and rt.pid == os.getpid():
+            return rt
+        return _start_thread_runtime()
+
+
+def _start_thread_runtime() -> Runtime:
+    global _runtime
+    loop = asyncio.new_event_loop()
+    ready = threading.Event()
+    thread = threading.Thread(target=_serve, args=(loop, ready), name="processhub-runtime", daemon=True)
+    thread.start()
+    ready.wait()
+    rt = Runtime(loop, thread)
+    asyncio.run_coroutine_threadsafe(rt.open(), loop).result(30)
+    _runtime = rt
+    if hub_settings().embedded:
+        from .node import Node
+
+        node = Node(rt, name=hub_settings().NODE_NAME or "embedded")
+        asyncio.run_coroutine_threadsafe(node.start(), loop).result(30)
+        logger.info("processhub: embedded node %s started in this process", node.name)
+    return rt
+
+
+def _serve(loop: asyncio.AbstractEventLoop, ready: threading.Event) -> None:
+    asyncio.set_event_loop(loop)
+    loop.call_soon(ready.set)
+    loop.run_forever()
+
+
+async def install_runtime() -> Runtime:
+    """Make the running loop this OS process's runtime (used by ``runhub``)."""
+    global _runtime
+    with _lock:
+        rt = Runtime(asyncio.get_running_loop(), None)
+        _runtime = rt
+    await rt.open()
+    return rt
+
+
+def reset_runtime() -> None:
+    """Forget the runtime (tests; the loop thread of a stale one is left to die with the process)."""
+    global _runtime
+    with _lock:
+        _runtime = None

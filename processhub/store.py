@@ -1,0 +1,300 @@
+"""Every statement of the registry protocol, as plain sync functions run in DB threads.
+
+The claim statements carry the fencing logic of DESIGN I1/I2: an epoch is
+incremented in the same statement that names the new owner, and a node only
+claims while its own lease is valid in the database's clock.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from django.db import connection, transaction
+from django.db.models import BooleanField, Count, ExpressionWrapper, F, Q, Sum
+from django.db.models.functions import Now
+
+from .models import Node, NodeStatus, Process, ProcessStatus
+
+PT = Process._meta.db_table
+NT = Node._meta.db_table
+
+
+@dataclass(frozen=True, slots=True)
+class NodeInfo:
+    id: str
+    name: str
+    channel: str
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    """One process row as the node needs it."""
+
+    id: int
+    label: str
+    process_id: str
+    arg: Any
+    epoch: int
+    restart: str
+    handoff: Any = None
+
+
+@dataclass(frozen=True, slots=True)
+class Lookup:
+    """Where a process is, for clients."""
+
+    label: str
+    process_id: str
+    status: str
+    epoch: int
+    node_id: str | None
+    node_name: str | None
+    channel: str | None
+    owner_alive: bool
+
+
+def _is_pg() -> bool:
+    return connection.vendor == "postgresql"
+
+
+def _now_sql() -> str:
+    return "now()" if _is_pg() else "STRFTIME('%%Y-%%m-%%d %%H:%%M:%%f', 'now')"
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"))
+
+
+def _load(value: Any) -> Any:
+    # Raw SQL returns JSON columns as text on SQLite and decoded on PostgreSQL.
+    return json.loads(value) if isinstance(value, str) else value
+
+
+# ---------------------------------------------------------------- nodes
+
+
+def register_node(node_id: str, name: str, host: str, pid: int, channel: str, ttl: float) -> None:
+    Node.objects.create(
+        id=node_id,
+        name=name,
+        host=host,
+        pid=pid,
+        channel=channel,
+        status=NodeStatus.UP,
+        heartbeat_at=Now(),
+        lease_expires_at=Now() + timedelta(seconds=ttl),
+        started_at=Now(),
+    )
+
+
+def heartbeat(node_id: str, ttl: float) -> bool:
+    """Renew the lease, only if it has not already run out: an expired lease never comes back."""
+    return (
+        Node.objects.filter(
+            id=node_id, status__in=[NodeStatus.UP, NodeStatus.DRAINING], lease_expires_at__gt=Now()
+        ).update(heartbeat_at=Now(), lease_expires_at=Now() + timedelta(seconds=ttl))
+        == 1
+    )
+
+
+def set_node_status(node_id: str, status: str) -> None:
+    updates: dict[str, Any] = {"status": status}
+    if status == NodeStatus.DOWN:
+        updates.update(stopped_at=Now(), lease_expires_at=Now())
+    Node.objects.filter(id=node_id).update(**updates)
+
+
+def live_nodes() -> list[NodeInfo]:
+    rows = Node.objects.filter(status=NodeStatus.UP, lease_expires_at__gt=Now()).values_list("id", "name", "channel")
+    return [NodeInfo(*r) for r in rows]
+
+
+def dead_nodes_owning_processes() -> list[str]:
+    """Incarnations whose lease ran out (database clock) that still own running rows."""
+    dead = Node.objects.filter(Q(status=NodeStatus.DOWN) | Q(lease_expires_at__lte=Now()))
+    return list(
+        Process.objects.filter(status=ProcessStatus.RUNNING, node__in=dead).values_list("node_id", flat=True).distinct()
+    )
+
+
+def mark_expired_nodes_down() -> int:
+    return Node.objects.filter(status__in=[NodeStatus.UP, NodeStatus.DRAINING], lease_expires_at__lte=Now()).update(
+        status=NodeStatus.DOWN, stopped_at=Now()
+    )
+
+
+# ---------------------------------------------------------------- lookups
+
+
+def lookup(label: str, process_id: str) -> Lookup | None:
+    row = lookup_row(label, process_id)
+    if row is None:
+        return None
+    status, _id, epoch, node_id, name, channel, alive = row
+    return Lookup(label, process_id, status, epoch, node_id, name, channel, alive)
+
+
+def rows_for(node_id: str | None, limit: int) -> list[Row]:
+    qs = Process.objects.filter(status=ProcessStatus.RUNNING, node_id=node_id) if node_id else Process.objects.filter(
+        status=ProcessStatus.RUNNING, node__isnull=True
+    )
+    cols = ("id", "label", "process_id", "arg", "epoch", "restart", "handoff")
+    return [Row(*r) for r in qs.order_by("id").values_list(*cols)[:limit]]
+
+
+def own_digest(node_id: str) -> tuple[int, int]:
+    """(count, sum of epochs) of the running rows naming this node: a cheap change detector."""
+    agg = Process.objects.filter(node_id=node_id, status=ProcessStatus.RUNNING).aggregate(n=Count("id"), s=Sum("epoch"))
+    return agg["n"] or 0, agg["s"] or 0
+
+
+# ---------------------------------------------------------------- claims
+
+
+def insert_new(node_id: str, items: list[tuple[str, str, Any, str]]) -> dict[tuple[str, str], int]:
+    """Insert rows (label, process_id, arg, restart) owned by ``node_id`` at epoch 1.
+
+    One statement for the whole batch; rows that already exist are left alone
+    (the unique constraint is the arbiter of a start race). Nothing is inserted
+    unless this node's lease is valid in the database's clock. Returns
+    {key: row id} of the rows that were inserted.
+    """
+    if not items:
+        return {}
+    now = _now_sql()
+    jsonb = "::jsonb" if _is_pg() else ""
+    values = ",".join(["(%s, %s, %s" + jsonb + ", %s)"] * len(items))
+    params: list[Any] = []
+    for label, pid, arg, restart in items:
+        params += [label, pid, _json(arg), restart]
+    sql = (
+        f"INSERT INTO {PT} (label, process_id, arg, restart, node_id, epoch, status, restarts, last_error, "
+        f"started_at, updated_at, metadata) "
+        f"SELECT v.column1, v.column2, v.column3, v.column4, %s, 1, 'running', 0, '', {now}, {now}, '{{}}' "
+        f"FROM (VALUES {values}) AS v "
+        f"WHERE EXISTS (SELECT 1 FROM {NT} WHERE id = %s AND status = 'up' AND lease_expires_at > {now}) "
+        f"ON CONFLICT (label, process_id) DO NOTHING RETURNING label, process_id, id"
+    )
+    with connection.cursor() as cur:
+        cur.execute(sql, [node_id, *params, node_id])
+        return {(r[0], r[1]): r[2] for r in cur.fetchall()}
+
+
+def lookup_row(label: str, process_id: str) -> tuple | None:
+    """(status, id, epoch, node_id, node name, channel, owner alive) of one row, for a start decision."""
+    row = (
+        Process.objects.filter(label=label, process_id=process_id)
+        .annotate(alive=ExpressionWrapper(
+            Q(node__lease_expires_at__gt=Now()) & ~Q(node__status=NodeStatus.DOWN), output_field=BooleanField()))
+        .values_list("status", "id", "epoch", "node_id", "node__name", "node__channel", "alive")
+        .first()
+    )
+    if row is None:
+        return None
+    return (*row[:6], bool(row[3] and row[6]))
+
+
+def rows_by_id(ids: list[int]) -> list[Row]:
+    qs = Process.objects.filter(id__in=ids, status=ProcessStatus.RUNNING)
+    return [Row(*r) for r in qs.values_list("id", "label", "process_id", "arg", "epoch", "restart", "handoff")]
+
+
+def claim(node_id: str, seen: list[tuple[int, int]], restart_from_stopped: bool = False,
+          arg: Any = None) -> list[Row]:
+    """Take rows (id, seen epoch) for ``node_id``: epoch+1 and owner in one statement.
+
+    A row is taken only if its epoch is still the one we saw (nobody claimed it
+    since) and our own lease is valid in the database's clock. Callers only pass
+    rows whose owner was dead, absent, or which were stopped: a dead owner stays
+    dead because an expired lease can never be renewed.
+    """
+    if not seen:
+        return []
+    now = _now_sql()
+    lease_ok = f"EXISTS (SELECT 1 FROM {NT} WHERE id = %s AND status = 'up' AND lease_expires_at > {now})"
+    extra = ", restarts = 0, last_error = '', handoff = NULL" if restart_from_stopped else ""
+    extra_params: list[Any] = []
+    if restart_from_stopped:
+        # A start of a stopped process runs it with the new argument.
+        extra += ", arg = %s" + ("::jsonb" if _is_pg() else "")
+        extra_params.append(_json(arg))
+    cols = "id, label, process_id, arg, epoch, restart, handoff"
+    if _is_pg():
+        values = ",".join(["(%s::bigint, %s::bigint)"] * len(seen))
+        sql = (
+            f"UPDATE {PT} AS p SET node_id = %s, epoch = p.epoch + 1, status = 'running', "
+            f"started_at = {now}, updated_at = {now}{extra} "
+            f"FROM (VALUES {values}) AS v(id, ep) WHERE p.id = v.id AND p.epoch = v.ep AND {lease_ok} "
+            f"RETURNING p.id, p.label, p.process_id, p.arg, p.epoch, p.restart, p.handoff"
+        )
+        params: list[Any] = [node_id, *extra_params]
+        for rid, ep in seen:
+            params += [rid, ep]
+        params.append(node_id)
+        with connection.cursor() as cur:
+            cur.execute(sql, params)
+            return [Row(r[0], r[1], r[2], _load(r[3]), r[4], r[5], _load(r[6])) for r in cur.fetchall()]
+    out = []
+    with transaction.atomic():
+        for rid, ep in seen:
+            sql = (
+                f"UPDATE {PT} SET node_id = %s, epoch = epoch + 1, status = 'running', "
+                f"started_at = {now}, updated_at = {now}{extra} WHERE id = %s AND epoch = %s AND {lease_ok} "
+                f"RETURNING {cols}"
+            )
+            with connection.cursor() as cur:
+                cur.execute(sql, [node_id, *extra_params, rid, ep, node_id])
+                r = cur.fetchone()
+            if r:
+                out.append(Row(r[0], r[1], r[2], _load(r[3]), r[4], r[5], _load(r[6])))
+    return out
+
+
+def bump_epoch(row_id: int, node_id: str, epoch: int, error: str, count_restart: bool) -> int | None:
+    """Restart in place: epoch+1 on the same node, fenced on (node, epoch). New epoch or None."""
+    updates: dict[str, Any] = {"epoch": F("epoch") + 1, "updated_at": Now(), "last_error": error[-10000:]}
+    if count_restart:
+        updates["restarts"] = F("restarts") + 1
+    n = Process.objects.filter(id=row_id, node_id=node_id, epoch=epoch, status=ProcessStatus.RUNNING).update(**updates)
+    return epoch + 1 if n == 1 else None
+
+
+def finish(row_id: int, node_id: str | None, epoch: int, status: str, error: str = "") -> bool:
+    """Mark a row stopped/failed, fenced on (node, epoch); the row stays for the admin and purge."""
+    qs = Process.objects.filter(id=row_id, epoch=epoch, status=ProcessStatus.RUNNING)
+    qs = qs.filter(node_id=node_id) if node_id else qs.filter(node__isnull=True)
+    return qs.update(status=status, node=None, updated_at=Now(), last_error=error[-10000:], handoff=None) == 1
+
+
+def move(row_id: int, from_node: str, epoch: int, to_node: str | None, handoff: Any = None) -> int | None:
+    """Hand a row from its live owner to another node (or to nobody): epoch+1, fenced on (owner, epoch)."""
+    n = Process.objects.filter(id=row_id, node_id=from_node, epoch=epoch, status=ProcessStatus.RUNNING).update(
+        node_id=to_node, epoch=F("epoch") + 1, updated_at=Now(), handoff=handoff
+    )
+    return epoch + 1 if n == 1 else None
+
+
+def clear_handoff(row_id: int, epoch: int) -> None:
+    Process.objects.filter(id=row_id, epoch=epoch).exclude(handoff=None).update(handoff=None)
+
+
+def owns(label: str, process_id: str, node_id: str, epoch: int, *, lock: bool) -> bool:
+    qs = Process.objects.filter(
+        label=label, process_id=process_id, node_id=node_id, epoch=epoch, status=ProcessStatus.RUNNING
+    )
+    if lock:
+        qs = qs.select_for_update()
+    return bool(list(qs.values_list("id", flat=True)[:1]))
+
+
+def stop_orphan(label: str, process_id: str, epoch: int) -> bool:
+    """Stop a row whose owner is dead or absent (the client-side half of ``stop``)."""
+    dead = Node.objects.filter(Q(status=NodeStatus.DOWN) | Q(lease_expires_at__lte=Now()))
+    return (
+        Process.objects.filter(label=label, process_id=process_id, epoch=epoch, status=ProcessStatus.RUNNING)
+        .filter(Q(node__isnull=True) | Q(node__in=dead))
+        .update(status=ProcessStatus.STOPPED, node=None, updated_at=Now(), last_error="stopped while its node was down")
+        == 1
+    )
