@@ -29,6 +29,9 @@ INFO, STOP_REQ, MOVE_REQ = "info", "stop", "move"
 class _Outcome:
     def __init__(self, kind: str, reason: str = "", error: str = "", item: tuple | None = None) -> None:
         self.kind, self.reason, self.error, self.item = kind, reason, error, item
+        # The crash reply to a caller, sent once the restart decision is in the database,
+        # so a caller that reads the registry after the error sees its effect.
+        self.reply: tuple | None = None
 
 
 class Slot:
@@ -140,9 +143,11 @@ class Slot:
                 self.restart_times = [t for t in self.restart_times if now - t < max_seconds] + [now]
                 new_epoch = await node.write(store.bump_epoch, self.row_id, node.id, self.epoch, outcome.error, True)
                 if new_epoch is None:
+                    await self._send_crash_reply(outcome)
                     node.forget(self, "superseded")
                     return
                 self.epoch = new_epoch
+                await self._send_crash_reply(outcome)
                 node.lifecycle("restarted", self, reason=outcome.reason)
                 continue
             status = ProcessStatus.FAILED if action == decisions.FAIL else ProcessStatus.STOPPED
@@ -150,6 +155,7 @@ class Slot:
             if action == decisions.FAIL:
                 error = f"more than {max_restarts} restarts in {max_seconds}s; last error:\n{outcome.error}"
             await node.write(store.finish, self.row_id, node.id, self.epoch, status, error)
+            await self._send_crash_reply(outcome)
             self._fail_waiters(wire.E_NOT_RUNNING, f"{self.label} {self.process_id!r} is {status}")
             node.forget(self, outcome.reason, crashed=crashed)
             return
@@ -179,7 +185,7 @@ class Slot:
                     value = await node.invoke(inst.handle_call, message)
                 except Exception as exc:
                     outcome = self._crash(exc)
-                    await node.reply(reply_to, corr, {"ok": False, "err": wire.E_CRASHED, "msg": repr(exc),
+                    outcome.reply = (reply_to, corr, {"ok": False, "err": wire.E_CRASHED, "msg": repr(exc),
                                                       "exc_type": type(exc).__qualname__, "tb": outcome.error})
                     return outcome
                 try:
@@ -187,6 +193,10 @@ class Slot:
                     wire.check_data(value, "reply", node.hs.MAX_MESSAGE_BYTES)
                 except InvalidMessage as exc:
                     data = {"ok": False, "err": wire.E_INVALID, "msg": str(exc)}
+                if inst._exit_reason is not None:
+                    outcome = _Outcome("exit", inst._exit_reason)
+                    outcome.reply = (reply_to, corr, data)
+                    return outcome
                 await node.reply(reply_to, corr, data)
                 node.metrics_call(self.label)
             elif kind == wire.CAST:
@@ -205,6 +215,10 @@ class Slot:
                 return _Outcome("stop", "shutdown", item=item)
             elif kind == MOVE_REQ:
                 return _Outcome("move", "handoff", item=item)
+
+    async def _send_crash_reply(self, outcome: _Outcome) -> None:
+        if outcome.reply is not None:
+            await self.node.reply(*outcome.reply)
 
     def _crash(self, exc: BaseException) -> _Outcome:
         error = _tb(exc)

@@ -85,6 +85,27 @@ def _with_connection(fn: Callable[..., T], args: tuple) -> T:
         close_old_connections()
 
 
+def close_pool_connections(pool: concurrent.futures.ThreadPoolExecutor, workers: int) -> None:
+    """Close the database connection of every thread of ``pool`` (each thread owns its own).
+
+    A barrier makes each of the pool's threads take exactly one closing task.
+    """
+    from django.db import connections
+
+    barrier = threading.Barrier(workers, timeout=2)
+
+    def close_here() -> None:
+        try:
+            barrier.wait()
+        except threading.BrokenBarrierError:
+            pass
+        connections.close_all()
+
+    futures = [pool.submit(close_here) for _ in range(workers)]
+    concurrent.futures.wait(futures, timeout=5)
+    pool.shutdown(wait=False)
+
+
 _runtime: Runtime | None = None
 _lock = threading.Lock()
 
@@ -136,8 +157,25 @@ async def install_runtime() -> Runtime:
     return rt
 
 
-def reset_runtime() -> None:
-    """Forget the runtime (tests; the loop thread of a stale one is left to die with the process)."""
+def reset_runtime(shutdown: bool = True) -> None:
+    """Forget this process's runtime; with ``shutdown``, drain its node and stop its thread (tests)."""
     global _runtime
     with _lock:
-        _runtime = None
+        rt, _runtime = _runtime, None
+    if rt is None or rt.pid != os.getpid() or rt.thread is None or not shutdown:
+        return
+
+    async def close() -> None:
+        if rt.node is not None:
+            await rt.node.drain()
+            close_pool_connections(rt.node._hb_pool, 1)
+        await rt.transport.close()
+        close_pool_connections(rt.db_pool, 4)
+        close_pool_connections(rt.handler_pool, 8)
+
+    try:
+        asyncio.run_coroutine_threadsafe(close(), rt.loop).result(30)
+    except Exception:
+        logger.exception("processhub: closing the runtime failed")
+    rt.loop.call_soon_threadsafe(rt.loop.stop)
+    rt.thread.join(5)

@@ -1,0 +1,7 @@
+"""Fault-injection tools for processhub tests (plain Python, no Django).
+
+* :mod:`tests.chaos.proxy` -- a loopback-only TCP proxy that can cut,
+  blackhole or delay the traffic between a node and PostgreSQL / Redis.
+* :mod:`tests.chaos.detector` -- the pure checker of the double-activation
+  detector (overlapping / backwards epochs, lost process ids).
+"""

@@ -1,0 +1,135 @@
+"""Core behaviour on a real cluster: three ``runhub`` OS processes, PostgreSQL and Redis (issue 2, 1-2, 6-7)."""
+import json
+import threading
+
+import pytest
+import redis
+
+from processhub.exceptions import InvalidArgument, InvalidMessage, ProcessCrashed, UnknownProcessClass
+from processhub.models import Process, ProcessStatus
+from processhub.placement import choose
+from processhub.runtime import get_runtime
+from tests.conftest import REDIS_URL, needs_services
+from tests.hubtest.processes import Crashy, Echo
+
+pytestmark = [needs_services, pytest.mark.cluster]
+
+
+def test_placement_calls_casts_and_read_your_writes(cluster3):
+    live = cluster3.live_names()
+    assert live == {"a", "b", "c"}
+    for i in range(12):
+        ref = Echo.start(f"p{i}")
+        assert ref.created
+        assert ref.node == choose(f"{Echo.label}:p{i}", live)  # rendezvous over live nodes
+        # I5: as soon as start() returned, the database knows (fetch on any node reads it).
+        row = Process.objects.select_related("node").get(process_id=f"p{i}")
+        assert (row.node.name, row.epoch, row.status) == (ref.node, ref.epoch, ProcessStatus.RUNNING)
+        assert Echo.call(f"p{i}", {"i": i})["node"] == ref.node
+        Echo.cast(f"p{i}", "hello")
+    nodes = {Echo.fetch(f"p{i}").node for i in range(12)}
+    assert len(nodes) >= 2
+    assert all(Echo.call(f"p{i}", {})["casts"] == 1 for i in range(12))
+    # A call made by code running inside one node, to a process on another.
+    a = next(i for i in range(12) if Echo.fetch(f"p{i}").node != Echo.fetch("p0").node)
+    relayed = Echo.call("p0", {"op": "relay", "to": f"p{a}"})
+    assert relayed["node"] == Echo.fetch(f"p{a}").node
+
+
+def test_fetch_from_another_node_right_after_start(cluster3):
+    # Process q starts on whatever node; r is placed on some node and looks q up from inside.
+    for i in range(20):
+        ref = Echo.start(f"q{i}")
+        got = Echo.call(f"probe{i}", {"op": "relay", "to": f"q{i}"})
+        assert (got["node"], got["epoch"]) == (ref.node, ref.epoch)
+
+
+def test_concurrent_get_or_start_is_single_activation(cluster3):
+    ids = [f"race{i}" for i in range(30)]
+    results: dict[str, list] = {pid: [] for pid in ids}
+    errors = []
+
+    def worker(seed):
+        try:
+            for pid in ids[seed % 7:] + ids[: seed % 7]:
+                r = Echo.call(pid, {})
+                results[pid].append((r["node"], r["epoch"], r["pid"]))
+        except Exception as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(s,)) for s in range(8)]
+    for t in threads:
+        t.start()
+    # At the same time, every node starts the same ids from inside (relay makes the node call).
+    for pid in ids[:10]:
+        for via in ("x1", "x2", "x3"):
+            Echo.call(via, {"op": "relay", "to": pid})
+    for t in threads:
+        t.join(60)
+    assert not errors, errors
+    for pid in ids:
+        assert len(set(results[pid])) == 1, (pid, results[pid])
+        row = Process.objects.get(process_id=pid)
+        assert row.epoch == 1 and row.status == ProcessStatus.RUNNING
+
+
+def test_handler_crash_restart_and_failure_limit(cluster3):
+    with pytest.raises(ProcessCrashed) as info:
+        Crashy.call("k", {"op": "crash"})
+    assert info.value.exc_type == "ValueError" and "boom requested" in info.value.remote_traceback
+    assert Crashy.call("k", {})["epoch"] == 2
+    with pytest.raises(ProcessCrashed):
+        Crashy.call("k", {"op": "crash"})
+    with pytest.raises(ProcessCrashed):
+        Crashy.call("k", {"op": "crash"})
+    row = Process.objects.get(process_id="k", label=Crashy.label)
+    assert row.status == ProcessStatus.FAILED and "boom requested" in row.last_error
+    assert Crashy.fetch("k") is None
+    assert Echo.call("still-serving", {})["epoch"] == 1
+
+
+def test_garbage_on_a_node_channel_changes_nothing(cluster3):
+    ref = Echo.start("victim")
+    r = redis.Redis.from_url(REDIS_URL)
+    reply_key = f"{cluster3.prefix}.reply.garbage"
+    pubsub = r.pubsub()
+    pubsub.subscribe(reply_key)
+    garbage = [
+        b"", b"\x00\xff\xfe", b"not json", b"[]", b"{}", b'{"t": 5}', b'{"t": "call"}',
+        b'{"t":"call","l":"hubtest.Echo","p":"victim"}',
+        b'{"t":"start","l":"os.system","p":"x","a":"rm -rf /"}',
+        b'{"t":"start","l":"hubtest.Echo","p":"mismatch","a":"other"}',
+        b'{"t":"nonsense","l":"a","p":"b"}',
+        json.dumps({"t": "call", "l": ["x"], "p": {}, "r": reply_key, "id": "1"}).encode(),
+        json.dumps({"t": "start", "l": "no.Such", "p": "x", "a": "x", "r": reply_key, "id": "2"}).encode(),
+        json.dumps({"t": "call", "l": "hubtest.Echo", "p": "victim", "r": 7, "id": None}).encode(),
+        b'{"t":"call","l":"hubtest.Echo","p":"victim","m":1,"ttl":"soon"}',
+        ("x" * 100_000).encode(),
+    ]
+    node_channel = Process.objects.select_related("node").get(process_id="victim").node.channel
+    for g in garbage:
+        assert r.publish(node_channel, g) == 1
+    # Every request that said where to reply got a named error back.
+    answers = []
+    deadline = 50
+    while deadline and len(answers) < 2:
+        msg = pubsub.get_message(timeout=0.1)
+        deadline -= 1
+        if msg and msg["type"] == "message":
+            answers.append(json.loads(msg["data"]))
+    assert {a["err"] for a in answers} == {"invalid", "unknown_class"}, answers
+    assert Echo.call("victim", {"still": "ok"})["epoch"] == ref.epoch
+    assert not Process.objects.filter(process_id__in=["x", "mismatch"]).exists()
+    assert all(n.alive() for n in cluster3.nodes.values())
+
+
+def test_bad_client_input_gets_named_errors(cluster3):
+    with pytest.raises(InvalidArgument):
+        Echo.call("", {})
+    with pytest.raises(InvalidArgument):
+        Echo.call("y" * 1000, {})
+    with pytest.raises(InvalidMessage):
+        Echo.call("fine", {"bad": {1, 2}})
+    with pytest.raises(UnknownProcessClass):
+        get_runtime().client.key_for(type("Ghost", (), {"label": "hubtest.Ghost"}), "g")
+    assert not Process.objects.exists()

@@ -1,0 +1,1 @@
+"""Process classes used by the tests (installed only by tests.settings)."""
