@@ -113,10 +113,12 @@ def _env_value(raw: str):
         return raw
 
 
+# Environment variables that configure the project or the tests, not the hub.
+_NOT_HUB_SETTINGS = {"PROCESSHUB_EXTRA_APPS", "PROCESSHUB_TEST", "PROCESSHUB_LOG_LEVEL", "PROCESSHUB_TEST_DB"}
 PROCESSHUB = {
     key[len("PROCESSHUB_"):]: _env_value(value)
     for key, value in os.environ.items()
-    if key.startswith("PROCESSHUB_") and key not in ("PROCESSHUB_EXTRA_APPS", "PROCESSHUB_TEST", "PROCESSHUB_LOG_LEVEL")
+    if key.startswith("PROCESSHUB_") and key not in _NOT_HUB_SETTINGS
 }
 PROCESSHUB.setdefault("REDIS_URL", REDIS_URL or None)
 

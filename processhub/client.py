@@ -120,6 +120,9 @@ class Client:
         kind = env.get("e")
         if kind in ("node_up", "node_down", "nodes_changed"):
             self.live_at = -1e9
+            if kind == "nodes_changed":
+                # Some node's lease ran out: stop trusting cached owners until the next refresh.
+                self.live = {}
             gone = env.get("node")
             if kind == "node_down" and gone:
                 self.live.pop(gone, None)
@@ -185,14 +188,19 @@ class Client:
     # ---------------------------------------------------------- lookups
 
     def cached(self, key: tuple[str, str]) -> ProcessRef | None:
-        """A cache hit whose node is still believed live; safe to call from any thread."""
+        """A cache hit whose node was live at the last refresh (at most two heartbeats ago).
+
+        Plain dict reads: safe from any thread, so a warm sync fetch() needs no loop hop.
+        """
         ref = self.cache.get(key)
-        if ref is not None and ref.node_id in self.live and time.monotonic() - self.live_at < 10 * self.hs.NODE_TTL:
+        if (ref is not None and ref.node_id in self.live
+                and time.monotonic() - self.live_at < 2 * self.hs.HEARTBEAT_INTERVAL):
             return ref
         return None
 
     async def lookup(self, key: tuple[str, str], use_cache: bool = True) -> ProcessRef | None:
-        if use_cache:
+        if use_cache and key in self.cache:
+            await self.nodes()  # refreshes the live set at most once per heartbeat interval
             ref = self.cached(key)
             if ref is not None:
                 return ref
@@ -307,6 +315,9 @@ class Client:
                     raise ProcessUnavailable(f"{key[0]} {key[1]!r} did not become reachable after {wait_max} waits")
                 await asyncio.sleep(min(wait_sleep, max(0.0, deadline - loop.time())))
                 continue
+            if reply.get("err") in (wire.E_CRASHED, wire.E_NOT_RUNNING):
+                # It restarted under a new epoch, or ended: the cached ref is stale either way.
+                self.forget(ref)
             raise error_from(reply)
 
     async def stop(self, cls: type[HordeProcess], arg: Any, timeout: float | None = None) -> bool:

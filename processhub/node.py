@@ -454,12 +454,15 @@ class Node:
                 fut.set_result(("error", wire.E_FENCED, "node has no valid lease"))
             return
         items = [(k[0], k[1], arg, restart) for k, arg, restart, _ in batch]
-        inserted = await self.write(store.insert_new, self.id, items)
+        incarnation = self.id
+        inserted = await self.write(store.insert_new, incarnation, items)
         if inserted is None:
             inserted = {}
         for key, arg, restart, fut in batch:
             row_id = inserted.get(key)
-            if row_id is not None:
+            if not self._current(incarnation):
+                outcome = ("error", wire.E_FENCED, "node lost its lease while starting")
+            elif row_id is not None:
                 slot = self._activate(store.Row(row_id, key[0], key[1], arg, 1, restart, None))
                 outcome = ("slot", slot, True)
             else:
@@ -480,22 +483,36 @@ class Node:
         if row is None:
             return ("retry",)
         status, rid, epoch, node_id, name, channel, alive = row
-        if status == ProcessStatus.RUNNING and node_id == self.id:
+        incarnation = self.id
+        if status == ProcessStatus.RUNNING and node_id == incarnation:
             slot = self.slots.get(key)
             if slot is None:
                 rows = await self.rt.db(store.rows_by_id, [rid])
                 if not rows or rows[0].epoch != epoch:
                     return ("retry",)
-                slot = self._activate(rows[0])
+                if not self._current(incarnation):
+                    return ("error", wire.E_FENCED, "node lost its lease while starting")
+                slot = self.slots.get(key) or self._activate(rows[0])
             return ("slot", slot, False)
         if status == ProcessStatus.RUNNING and alive:
             return ("ref", ProcessRef(key[0], key[1], name, node_id, epoch, False, channel))
         # Owner dead or absent, or the process was stopped/failed: claim it (epoch+1).
         restarting = status != ProcessStatus.RUNNING
-        got = await self.write(store.claim, self.id, [(rid, epoch)], restarting, arg if restarting else None)
+        got = await self.write(store.claim, incarnation, [(rid, epoch)], restarting, arg if restarting else None)
         if not got:
             return ("retry",)
+        if not self._current(incarnation):
+            return ("error", wire.E_FENCED, "node lost its lease while starting")
         return ("slot", self._activate(got[0]), True)
+
+    def _current(self, incarnation: str) -> bool:
+        """True while the incarnation that issued a claim is still the serving one.
+
+        A claim that completes after a fence belongs to a dead incarnation: its row
+        will be taken over by others, so activating it here would be a second live
+        activation (I1). Checked synchronously right before activating.
+        """
+        return self.id == incarnation and not self.fenced
 
     def _activate(self, row: store.Row) -> Slot:
         cls = registry.get(row.label)
@@ -555,7 +572,10 @@ class Node:
                 chunk = claim[i:i + self.hs.BATCH_SIZE]
                 if not self.lease_valid():
                     return
-                got = await self.write(store.claim, self.id, [(r.id, r.epoch) for r in chunk]) or []
+                incarnation = self.id
+                got = await self.write(store.claim, incarnation, [(r.id, r.epoch) for r in chunk]) or []
+                if not self._current(incarnation):
+                    return
                 for row in got:
                     self._activate(row)
                 if got:
@@ -573,9 +593,10 @@ class Node:
             count, total = await self.rt.db(store.own_digest, self.id)
             if count == len(mine) and total == sum(mine.values()):
                 return
-        rows = await self.rt.db(store.rows_for, self.id, 10_000_000)
-        if gen != self._write_gen or self._writes:
-            return  # our own write raced the read; look again next time
+        incarnation = self.id
+        rows = await self.rt.db(store.rows_for, incarnation, 10_000_000)
+        if gen != self._write_gen or self._writes or not self._current(incarnation):
+            return  # our own write (or a fence) raced the read; look again next time
         self._last_full = now
         by_key = {(r.label, r.process_id): r for r in rows}
         mine = {k: s.epoch for k, s in self.slots.items()}
