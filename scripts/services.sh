@@ -56,9 +56,9 @@ _ph_as_pg() {  # run a PostgreSQL server command; as root, run it as user postgr
     fi
 }
 
-_ph_pg_bindir() {  # directory holding initdb + pg_ctl: PATH first, then newest /usr/lib/postgresql/*/bin
+_ph_pg_bindir() {  # dir of initdb + pg_ctl (+ createdb): PATH (symlinks resolved), then newest /usr/lib/postgresql/*/bin
     local d dirs=()
-    if d=$(command -v initdb 2>/dev/null); then dirs+=("$(dirname "$d")"); fi
+    if d=$(command -v initdb 2>/dev/null); then dirs+=("$(dirname "$(readlink -f "$d")")"); fi
     while IFS= read -r d; do dirs+=("$d"); done < <(printf '%s\n' /usr/lib/postgresql/*/bin | sort -rV)
     for d in "${dirs[@]}"; do
         if [ -x "$d/initdb" ] && [ -x "$d/pg_ctl" ]; then echo "$d"; return 0; fi
@@ -104,7 +104,9 @@ _ph_start_pg() {  # $1 = probed port (for messages)
         _ph_say "private PostgreSQL failed to start:"; tail -n 20 "$dir/postgres.log" >&2
         return 1
     fi
-    _ph_createdb "$bindir/createdb" "$port" || return 1
+    local createdb=$bindir/createdb
+    [ -x "$createdb" ] || createdb=$(command -v createdb) || createdb=createdb
+    _ph_createdb "$createdb" "$port" || return 1
     _PH_PG_URL=postgres://postgres@127.0.0.1:$port/processhub
     export DATABASE_URL=$_PH_PG_URL
 }

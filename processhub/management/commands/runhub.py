@@ -2,7 +2,6 @@
 from django.core.management.base import BaseCommand, CommandError
 
 from processhub.conf import hub_settings
-
 from processhub.supervisor import NodeRunner
 
 
