@@ -1,0 +1,1 @@
+"""Celery integration tests: real ``celery worker`` subprocesses against the test cluster."""
