@@ -141,6 +141,11 @@ LOGGING = {
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "loggers": {
-        "processhub": {"handlers": ["console"], "level": os.environ.get("PROCESSHUB_LOG_LEVEL", "INFO")},
+        # propagate=False: Celery workers also attach a root handler; one line per event is enough.
+        "processhub": {
+            "handlers": ["console"],
+            "level": os.environ.get("PROCESSHUB_LOG_LEVEL", "INFO"),
+            "propagate": False,
+        },
     },
 }

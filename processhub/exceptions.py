@@ -14,12 +14,13 @@ class ProcessCrashed(ProcessHubError):
     """The handler raised; carries the remote exception type name and traceback text."""
 
     def __init__(self, message: str, exc_type: str = "", remote_traceback: str = "") -> None:
-        super().__init__(message)
+        # All three in args, so pickling and Celery's JSON exception results keep them.
+        super().__init__(message, exc_type, remote_traceback)
         self.exc_type = exc_type
         self.remote_traceback = remote_traceback
 
     def __str__(self) -> str:
-        base = super().__str__()
+        base = str(self.args[0]) if self.args else ""
         if self.remote_traceback:
             return f"{base}\n--- remote traceback ---\n{self.remote_traceback}"
         return base
