@@ -10,6 +10,7 @@ import asyncio
 import logging
 import time
 import traceback
+from collections import deque
 from typing import TYPE_CHECKING, Any
 
 from . import decisions, store, wire
@@ -46,11 +47,11 @@ class Slot:
         self.epoch = row.epoch
         self.restart = row.restart
         self.handoff = row.handoff
-        self.mailbox: asyncio.Queue = asyncio.Queue()
+        self.mailbox = _Mailbox()
         self.ready: asyncio.Future = asyncio.get_running_loop().create_future()
         self.ready.add_done_callback(_consume)
         self.instance: HordeProcess | None = None
-        self.restart_times: list[float] = []
+        self.restart_times: list[float] | tuple = ()  # no list per idle process until its first restart
         self.task: asyncio.Task | None = None
         self.busy = False  # moving/stopping: reconcile leaves it alone
         self.kill_reason = "shutdown"
@@ -76,6 +77,9 @@ class Slot:
                 await asyncio.wait_for(asyncio.shield(self.task), timeout + 1.0)
             except (TimeoutError, asyncio.CancelledError):
                 pass
+        if not self.ready.done():
+            # Killed before init finished: starters waiting on it get "not here" and retry.
+            self.ready.cancel()
         self._fail_waiters(wire.E_NOT_HERE, f"{self.label} {self.process_id!r} moved or stopped ({reason})")
 
     # ------------------------------------------------------------------ run
@@ -93,6 +97,14 @@ class Slot:
     async def _run(self) -> None:
         node = self.node
         while True:
+            if not node.lease_valid():
+                # The node froze between claiming this row and this first step (or a restart
+                # in place): the row may already run elsewhere, so init must not run (I1, I3).
+                # The fence kills this slot; starters waiting on it retry elsewhere.
+                node.fence_soon("lease ran out before an activation could start")
+                if not self.ready.done():
+                    self.ready.cancel()
+                return
             inst = self.instance = self._new_instance()
             try:
                 await node.invoke(inst.init, self.arg)
@@ -170,7 +182,10 @@ class Slot:
         while True:
             if inst._exit_reason is not None:
                 return _Outcome("exit", inst._exit_reason)
-            item = await self.mailbox.get()
+            mailbox = self.mailbox
+            while mailbox.empty():
+                await mailbox.wait()  # a bare future: no coroutine frame per idle process
+            item = mailbox.get_nowait()
             kind = item[0]
             if not node.lease_valid():
                 if kind == wire.CALL:
@@ -181,6 +196,7 @@ class Slot:
                 _, message, reply_to, corr, deadline = item
                 if deadline is not None and time.monotonic() > deadline:
                     continue  # the caller gave up already; handling it now would surprise everyone
+                t0 = time.perf_counter()
                 try:
                     value = await node.invoke(inst.handle_call, message)
                 except Exception as exc:
@@ -188,6 +204,7 @@ class Slot:
                     outcome.reply = (reply_to, corr, {"ok": False, "err": wire.E_CRASHED, "msg": repr(exc),
                                                       "exc_type": type(exc).__qualname__, "tb": outcome.error})
                     return outcome
+                handled = time.perf_counter() - t0
                 try:
                     data = {"ok": True, "v": value}
                     wire.check_data(value, "reply", node.hs.MAX_MESSAGE_BYTES)
@@ -198,12 +215,14 @@ class Slot:
                     outcome.reply = (reply_to, corr, data)
                     return outcome
                 await node.reply(reply_to, corr, data)
-                node.metrics_call(self.label)
+                node.metrics_call(self.label, handled)
             elif kind == wire.CAST:
+                t0 = time.perf_counter()
                 try:
                     await node.invoke(inst.handle_cast, item[1])
                 except Exception as exc:
                     return self._crash(exc)
+                node.metrics_call(self.label, time.perf_counter() - t0, wire.CAST)
             elif kind == INFO:
                 if item[2] != self.epoch:
                     continue  # a timer of an earlier activation
@@ -258,7 +277,7 @@ class Slot:
         node.forget(self, "moved")
         if moved and target is not None:
             await node.hint_activate(target)
-            node.lifecycle("moved", self, reason=f"to {target.name}")
+            node.lifecycle("moved", self, to_node=target.name, new_epoch=moved)
         await node.ack(item, bool(moved))
         self._fail_waiters(wire.E_NOT_HERE, "moved")
 
@@ -270,6 +289,53 @@ class Slot:
                 asyncio.ensure_future(self.node.reply_error(item[2], item[3], code, msg))
             elif item[0] in (STOP_REQ, MOVE_REQ):
                 asyncio.ensure_future(self.node.ack(item, False))
+
+
+class _Mailbox:
+    """A FIFO for one slot, cheap when idle (issue 4: memory per idle process).
+
+    asyncio.Queue costs about 3 KiB even when empty (four deques and an Event);
+    this holds nothing but two slots while idle: the deque exists only while
+    items wait, the future only while the activation waits.
+    """
+
+    __slots__ = ("_items", "_waiter")
+
+    def __init__(self) -> None:
+        self._items: deque | None = None
+        self._waiter: asyncio.Future | None = None
+
+    def put_nowait(self, item: tuple) -> None:
+        if self._items is None:
+            self._items = deque()
+        self._items.append(item)
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def empty(self) -> bool:
+        return not self._items
+
+    def get_nowait(self) -> tuple:
+        items = self._items
+        if not items:
+            raise asyncio.QueueEmpty
+        item = items.popleft()
+        if not items:
+            self._items = None
+        return item
+
+    def wait(self) -> asyncio.Future:
+        """A future done when an item arrives (or already done); await it, then look again."""
+        waiter = self._waiter
+        if waiter is None or waiter.done():
+            waiter = self._waiter = asyncio.get_running_loop().create_future()
+        return waiter
+
+    async def get(self) -> tuple:
+        while not self._items:
+            await self.wait()
+        return self.get_nowait()
 
 
 class _Crash(Exception):

@@ -10,6 +10,7 @@ import asyncio
 import dataclasses
 import itertools
 import logging
+import threading
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -17,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from django.db import DatabaseError
 
-from . import store, wire
+from . import metrics, store, wire
 from .conf import hub_settings
 from .exceptions import (
     CallTimeout,
@@ -34,6 +35,7 @@ from .exceptions import (
 )
 from .models import ProcessStatus
 from .placement import choose_item
+from .runtime import refuse_running_loop
 
 if TYPE_CHECKING:
     from .process import HordeProcess
@@ -61,6 +63,30 @@ class ProcessRef:
     @classmethod
     def from_wire(cls, d: dict, created: bool = False) -> ProcessRef:
         return cls(d["l"], d["p"], d["n"], d["ni"], d["e"], created, d["c"])
+
+
+class _Blocking:
+    """A pending-call entry for a thread blocked in ``call_blocking``; the loop thread's reply handler wakes it."""
+
+    __slots__ = ("_lock", "env")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._lock.acquire()
+        self.env: dict | None = None
+
+    def done(self) -> bool:
+        return self.env is not None
+
+    def set_result(self, env: dict) -> None:
+        self.env = env
+        self._lock.release()
+
+    def wait(self, timeout: float) -> dict | None:
+        return self.env if self._lock.acquire(timeout=max(0.0, timeout)) else None
+
+
+_MISS = object()
 
 
 class _Undelivered(Exception):
@@ -95,6 +121,10 @@ class Client:
         self.live: dict[str, store.NodeInfo] = {}
         self.live_at = -1e9
         self._seq = itertools.count()
+        self._blocking = rt.transport.blocking()  # None: sync callers hop onto the loop
+        self._refreshing = False
+        # Per-call metrics hook (processhub.metrics); None skips the timing altogether.
+        self.metrics_observe = metrics.client_observer()
 
     # ---------------------------------------------------------- plumbing
 
@@ -140,6 +170,32 @@ class Client:
         except DatabaseError as exc:
             raise DatabaseUnavailable(f"the registry database failed: {exc}") from exc
 
+    def _keep_live_fresh(self) -> None:
+        """Refresh the live-node set in the background once it is a heartbeat old (any thread).
+
+        ``cached()`` trusts it for two heartbeats, so a steady stream of calls never
+        waits for this query inline (it used to, once per second: the p99).
+        """
+        if self._refreshing or time.monotonic() - self.live_at <= self.hs.HEARTBEAT_INTERVAL:
+            return
+        self._refreshing = True
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is self.rt.loop:
+            running.create_task(self._refresh_live())
+        else:
+            asyncio.run_coroutine_threadsafe(self._refresh_live(), self.rt.loop)
+
+    async def _refresh_live(self) -> None:
+        try:
+            await self.nodes(force=True)
+        except ProcessHubError as exc:
+            logger.debug("processhub: refreshing the live nodes failed: %s", exc)
+        finally:
+            self._refreshing = False
+
     async def nodes(self, force: bool = False) -> list[store.NodeInfo]:
         if force or time.monotonic() - self.live_at > self.hs.HEARTBEAT_INTERVAL:
             found = await self.db(store.live_nodes)
@@ -174,6 +230,7 @@ class Client:
         if not label or registry.get(label) is not cls:
             raise UnknownProcessClass(f"{cls.__qualname__} is not a registered HordeProcess class")
         wire.check_data(arg, "start argument", self.hs.MAX_MESSAGE_BYTES, InvalidArgument)
+        wire.check_storable(arg, "start argument")
         try:
             pid = cls.process_id(arg)
         except ProcessHubError:
@@ -200,8 +257,12 @@ class Client:
 
     async def lookup(self, key: tuple[str, str], use_cache: bool = True) -> ProcessRef | None:
         if use_cache and key in self.cache:
-            await self.nodes()  # refreshes the live set at most once per heartbeat interval
             ref = self.cached(key)
+            if ref is None:
+                await self.nodes()  # the live set is more than two heartbeats old: refresh it now
+                ref = self.cached(key)
+            else:
+                self._keep_live_fresh()
             if ref is not None:
                 return ref
         row = await self.db(store.lookup, *key)
@@ -274,7 +335,101 @@ class Client:
         self.check_message(message)
         await self._send(cls, key, arg, message, self.hs.CALL_TIMEOUT, wire.CAST)
 
+    # ---------------------------------------------------------- sync fast path
+
+    def call_blocking(self, cls: type[HordeProcess], arg: Any, message: Any, timeout: float | None = None) -> Any:
+        """``call`` from a thread that runs no event loop (a view, a Celery task, the shell).
+
+        Fast path (issue 4): on a fresh cache hit the calling thread publishes on
+        its own blocking Redis connection and sleeps until the loop thread's reply
+        handler wakes it: one thread switch per call instead of two, no coroutine.
+        A miss, an owner that is gone, or a "not here"/"fenced" answer (nothing
+        was handled) continues on the loop with the time left, where the usual
+        lookups, starts and retries happen.
+        """
+        refuse_running_loop()
+        key = self.key_for(cls, arg)
+        self.check_message(message)
+        timeout = timeout or self.hs.CALL_TIMEOUT
+        t0 = time.perf_counter()
+        observe = self.metrics_observe
+        try:
+            value = self._call_fast(key, message, timeout)
+        except BaseException as exc:
+            if observe is not None:
+                observe(key[0], wire.CALL, time.perf_counter() - t0, exc)
+            raise
+        if value is not _MISS:
+            if observe is not None:
+                observe(key[0], wire.CALL, time.perf_counter() - t0, None)
+            return value
+        left = max(0.001, timeout - (time.perf_counter() - t0))
+        return self.rt.run_sync(self._send(cls, key, arg, message, left, wire.CALL))
+
+    def _call_fast(self, key: tuple[str, str], message: Any, timeout: float) -> Any:
+        pub = self._blocking
+        ref = self.cached(key) if pub is not None else None
+        if ref is None:
+            return _MISS
+        self._keep_live_fresh()
+        corr = str(next(self._seq))
+        waiter = _Blocking()
+        self.pending[corr] = waiter  # type: ignore[assignment]
+        try:
+            env = {"t": wire.CALL, "l": key[0], "p": key[1], "m": message, "ttl": timeout, "id": corr,
+                   "r": self.reply_channel}
+            if pub.publish(ref.channel, wire.dumps(env)) == 0:
+                return _MISS  # its node is gone; the loop path finds that out too and looks again
+            reply = waiter.wait(timeout)
+        finally:
+            self.pending.pop(corr, None)
+        if reply is None:
+            raise CallTimeout(f"call to {key[0]} {key[1]!r} got no reply within {timeout}s")
+        if reply.get("ok"):
+            return reply.get("v")
+        if reply.get("err") in (wire.E_NOT_HERE, wire.E_FENCED):
+            self.rt.loop.call_soon_threadsafe(self.forget, ref)  # runs before the retry on the loop
+            return _MISS
+        raise error_from(reply)
+
+    def cast_blocking(self, cls: type[HordeProcess], arg: Any, message: Any) -> None:
+        """``cast`` from a thread that runs no event loop: published from this thread on a cache hit."""
+        refuse_running_loop()
+        key = self.key_for(cls, arg)
+        self.check_message(message)
+        pub = self._blocking
+        ref = self.cached(key) if pub is not None else None
+        if ref is not None:
+            self._keep_live_fresh()
+            t0 = time.perf_counter()
+            observe = self.metrics_observe
+            try:
+                sent = pub.publish(ref.channel, wire.dumps({"t": wire.CAST, "l": key[0], "p": key[1], "m": message}))
+            except BaseException as exc:
+                if observe is not None:
+                    observe(key[0], wire.CAST, time.perf_counter() - t0, exc)
+                raise
+            if sent:
+                if observe is not None:
+                    observe(key[0], wire.CAST, time.perf_counter() - t0, None)
+                return
+        self.rt.run_sync(self._send(cls, key, arg, message, self.hs.CALL_TIMEOUT, wire.CAST))
+
     async def _send(self, cls, key, arg, message, timeout: float, kind: str) -> Any:
+        observe = self.metrics_observe
+        if observe is None:
+            return await self._deliver(cls, key, arg, message, timeout, kind)
+        t0 = time.perf_counter()
+        error: BaseException | None = None
+        try:
+            return await self._deliver(cls, key, arg, message, timeout, kind)
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            observe(key[0], kind, time.perf_counter() - t0, error)
+
+    async def _deliver(self, cls, key, arg, message, timeout: float, kind: str) -> Any:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         wait_sleep = cls.wait_sleep if cls.wait_sleep is not None else self.hs.WAIT_SLEEP
@@ -322,7 +477,10 @@ class Client:
 
     async def stop(self, cls: type[HordeProcess], arg: Any, timeout: float | None = None) -> bool:
         """Stop the process and mark it stopped; False when it was not running."""
-        key = self.key_for(cls, arg)
+        return await self.stop_key(self.key_for(cls, arg), timeout)
+
+    async def stop_key(self, key: tuple[str, str], timeout: float | None = None) -> bool:
+        """``stop`` by (label, process id), for callers that hold a registry row (the admin)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + (timeout or self.hs.CALL_TIMEOUT)
         while True:
@@ -379,6 +537,27 @@ class Client:
             return True
         if reply.get("err") in (wire.E_NOT_HERE, wire.E_FENCED):
             return False
+        raise error_from(reply)
+
+    async def drain(self, node: str, timeout: float | None = None) -> int:
+        """Drain a live node (name or id) in place: it takes no new processes and hands every process it runs
+        to the other live nodes, but keeps running (status draining) until it is stopped.
+
+        Returns how many processes it started to move; the moves finish in the background.
+        Raises NoLiveNodes when the node is not live, ProcessUnavailable when no other node could take over.
+        """
+        target = next((n for n in await self.nodes(True) if node in (n.name, n.id)), None)
+        if target is None:
+            raise NoLiveNodes(f"no live node named {node!r}")
+        try:
+            reply = await self.request(target.channel, {"t": wire.DRAIN}, timeout or self.hs.CALL_TIMEOUT)
+        except _Undelivered:
+            raise NoLiveNodes(f"node {node!r} is gone") from None
+        except TimeoutError:
+            raise CallTimeout(f"draining {node!r} timed out") from None
+        self.live.pop(target.id, None)
+        if reply.get("ok"):
+            return int(reply.get("n", 0))
         raise error_from(reply)
 
 

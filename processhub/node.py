@@ -18,10 +18,10 @@ from typing import TYPE_CHECKING, Any
 
 from django.db import DatabaseError
 
-from . import decisions, registry, store, wire
+from . import decisions, metrics, registry, signals, store, wire
 from .activation import INFO, MOVE_REQ, STOP_REQ, Slot
 from .conf import hub_settings
-from .exceptions import InvalidMessage, ProcessHubError, UnknownProcessClass
+from .exceptions import InvalidArgument, InvalidMessage, ProcessHubError, ProcessUnavailable, UnknownProcessClass
 from .models import NodeStatus, ProcessStatus
 from .placement import choose_item
 
@@ -29,6 +29,9 @@ if TYPE_CHECKING:
     from .runtime import Runtime
 
 logger = logging.getLogger(__name__)
+
+# Seconds between two progress lines while a node hands many processes off.
+PROGRESS_EVERY = 1.0
 
 
 class Node:
@@ -41,7 +44,9 @@ class Node:
         self.slots: dict[tuple[str, str], Slot] = {}
         self.claiming: dict[tuple[str, str], asyncio.Future] = {}
         self.fenced = True
-        self.draining = False
+        self.draining = False  # takes no new processes (SIGTERM drain or drain in place)
+        self.leaving = False  # SIGTERM drain: the node exits afterwards
+        self._handoff_task: asyncio.Future | None = None
         self.stopped = asyncio.Event()
         self.lease_deadline = 0.0
         self._hb_pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="processhub-heartbeat")
@@ -53,7 +58,8 @@ class Node:
         self._write_gen = 0
         self._last_full = 0.0
         self._rejoining = False
-        self.listeners: list[Callable[..., None]] = []
+        self.listeners: list[Callable[..., None]] = [signals.dispatch]
+        metrics.instrument(self)
 
     # ================================================================ lifecycle
 
@@ -72,6 +78,12 @@ class Node:
                          self.hs.NODE_TTL)
         self.lease_deadline = sent + self.hs.NODE_TTL - self.hs.LEASE_SAFETY_MARGIN
         self.fenced = False
+        twins = await self.rt.db(store.same_name_live, self.id, self.name)
+        if twins:
+            # Placement hashes names, so a second live node of this name is invisible to it.
+            # A restart faster than NODE_TTL also looks like this, until the old lease runs out.
+            logger.warning("processhub: another live node is named %s (%s); node names must be unique",
+                           self.name, ", ".join(twins))
         self._last_full = 0.0
         logger.info("processhub: node %s up (incarnation %s)", self.name, self.id)
         self.lifecycle("node_up")
@@ -98,10 +110,13 @@ class Node:
                 logger.warning("processhub: heartbeat of %s hung for %.2fs", self.name, budget)
                 self._hb_pool.shutdown(wait=False)
                 self._hb_pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="processhub-heartbeat")
+                self.metrics_lease(budget, "hung")
                 continue
             except DatabaseError as exc:
                 logger.warning("processhub: heartbeat of %s failed: %s", self.name, exc)
+                self.metrics_lease(time.monotonic() - sent, "error")
                 continue
+            self.metrics_lease(time.monotonic() - sent, "ok" if ok else "refused")
             if ok:
                 self.lease_deadline = max(self.lease_deadline, sent + self.hs.NODE_TTL - self.hs.LEASE_SAFETY_MARGIN)
             elif not self.fenced:
@@ -172,10 +187,14 @@ class Node:
 
     async def drain(self) -> None:
         """SIGTERM: take no new work, hand every process to the other live nodes, then leave."""
-        if self.draining:
+        if self.leaving:
             return
+        self.leaving = True
         self.draining = True
         logger.info("processhub: node %s draining %d processes", self.name, len(self.slots))
+        if self._handoff_task is not None and not self._handoff_task.done():
+            # A drain in place is still moving processes: let it finish (bounded) before the rest.
+            await asyncio.wait([self._handoff_task], timeout=self.hs.SHUTDOWN_TIMEOUT + 1)
         if not self.fenced:
             try:
                 await self.rt.db(store.set_node_status, self.id, NodeStatus.DRAINING)
@@ -185,18 +204,7 @@ class Node:
                                self.name, exc)
                 others = None
             if others is not None:
-                loop = asyncio.get_running_loop()
-                acks = []
-                for slot in list(self.slots.values()):
-                    target = choose_item(f"{slot.label}:{slot.process_id}", others, lambda n: n.name)
-                    fut = loop.create_future()
-                    slot.busy = True
-                    slot.post((MOVE_REQ, target, None, fut))
-                    acks.append(fut)
-                if acks:
-                    done, pending = await asyncio.wait(acks, timeout=self.hs.SHUTDOWN_TIMEOUT + 1)
-                    logger.info("processhub: node %s handed off %d processes (%d unanswered)", self.name,
-                                len(done), len(pending))
+                await self.hand_off_all(others)
         for task in self._tasks:
             task.cancel()
         slots = list(self.slots.values())
@@ -216,6 +224,73 @@ class Node:
             pass
         logger.info("processhub: node %s stopped", self.name)
         self.stopped.set()
+
+    async def drain_in_place(self) -> int:
+        """Admin drain: take no new processes and hand every process to the other live nodes, but keep running
+        and heartbeating with status draining until stopped. Returns how many processes start to move.
+
+        Refused with ProcessUnavailable when no other node is live: the processes would have nowhere to go.
+        """
+        if self.leaving:
+            raise ProcessUnavailable(f"node {self.name} is shutting down")
+        others = [n for n in await self.rt.db(store.live_nodes) if n.id != self.id]
+        if not others:
+            raise ProcessUnavailable(f"no other live node can take the processes of {self.name}")
+        # The row first: from here on store.live_nodes leaves this node out of placement,
+        # and insert_new/claim refuse it (they require status 'up').
+        await self.rt.db(store.set_node_status, self.id, NodeStatus.DRAINING)
+        first = not self.draining
+        self.draining = True
+        count = sum(1 for s in self.slots.values() if not s.busy)
+        if first:
+            logger.info("processhub: node %s draining in place: moving %d processes away", self.name, count)
+            self.lifecycle("node_draining")
+            await self._event({"e": "nodes_changed"})
+        if self._handoff_task is None or self._handoff_task.done():
+            self._handoff_task = asyncio.ensure_future(self._hand_off_in_place(others))
+        return count
+
+    async def _hand_off_in_place(self, others: list[store.NodeInfo]) -> None:
+        # A second pass picks up activations whose start was in flight when the drain began.
+        for _ in range(2):
+            if self.fenced or self.leaving or not any(not s.busy for s in self.slots.values()):
+                return
+            try:
+                await self.hand_off_all(others)
+                others = [n for n in await self.rt.db(store.live_nodes) if n.id != self.id] or others
+            except DatabaseError as exc:
+                logger.warning("processhub: drain of %s: %s", self.name, exc)
+                return
+
+    async def hand_off_all(self, others: list[store.NodeInfo]) -> tuple[int, int]:
+        """Move every activation here to ``others`` by rendezvous (to nobody when empty), with handoff.
+
+        Shared by ``drain`` (SIGTERM) and ``drain_in_place`` (admin). Waits at most
+        SHUTDOWN_TIMEOUT + 1 s, logging progress; returns (moved, unanswered).
+        """
+        loop = asyncio.get_running_loop()
+        acks = []
+        for slot in list(self.slots.values()):
+            if slot.busy:
+                continue  # already stopping or moving
+            target = choose_item(f"{slot.label}:{slot.process_id}", others, lambda n: n.name)
+            fut = loop.create_future()
+            slot.busy = True
+            slot.post((MOVE_REQ, target, None, fut))
+            acks.append(fut)
+        if not acks:
+            return 0, 0
+        deadline = loop.time() + self.hs.SHUTDOWN_TIMEOUT + 1
+        pending: set = set(acks)
+        while pending and loop.time() < deadline:
+            _, pending = await asyncio.wait(pending, timeout=min(PROGRESS_EVERY, max(0.0, deadline - loop.time())))
+            if pending:
+                logger.info("processhub: node %s handing off: %d of %d done", self.name, len(acks) - len(pending),
+                            len(acks))
+        moved = sum(1 for f in acks if f.done() and f.result())
+        logger.info("processhub: node %s handed off %d processes (%d not moved, %d unanswered)", self.name, moved,
+                    len(acks) - moved - len(pending), len(pending))
+        return moved, len(pending)
 
     # ================================================================ plumbing
 
@@ -280,18 +355,21 @@ class Node:
         self.lifecycle("stopped", slot, reason=reason)
 
     def lifecycle(self, event: str, slot: Slot | None = None, **extra: Any) -> None:
-        """One log line per lifecycle event; listeners (signals, metrics) get the same facts."""
-        if slot is not None:
-            logger.info("processhub: %s %s %r node=%s epoch=%s %s", event, slot.label, slot.process_id, self.name,
-                        slot.epoch, extra.get("reason", ""))
+        """One log line per process lifecycle event; listeners (signals, metrics) get the same facts."""
+        if slot is not None and logger.isEnabledFor(logging.INFO):
+            logger.info("processhub: %s %s %r node=%s epoch=%s%s", event, slot.label, slot.process_id, self.name,
+                        slot.epoch, "".join(f" {k}={v!r}" for k, v in extra.items()))
         for listener in self.listeners:
             try:
                 listener(event, self, slot, **extra)
             except Exception:
                 logger.exception("processhub: lifecycle listener failed")
 
-    def metrics_call(self, label: str) -> None:
-        """Hook for metrics (kept cheap: called once per handled call)."""
+    def metrics_call(self, label: str, seconds: float, kind: str = "call") -> None:
+        """Hook for metrics, once per handled call or cast (processhub.metrics replaces it; keep it cheap)."""
+
+    def metrics_lease(self, seconds: float, result: str) -> None:
+        """Hook for metrics, once per heartbeat: ok, refused, error or hung (processhub.metrics replaces it)."""
 
     # ================================================================ messages
 
@@ -306,9 +384,9 @@ class Node:
             corr = env.get("id")
             if reply_to is not None and not isinstance(reply_to, str) or corr is not None and not isinstance(corr, str):
                 raise InvalidMessage("'r' and 'id' must be strings")
-            if kind not in (wire.START, wire.CALL, wire.CAST, wire.STOP, wire.MOVE):
+            if kind not in (wire.START, wire.CALL, wire.CAST, wire.STOP, wire.MOVE, wire.DRAIN):
                 raise InvalidMessage(f"unknown envelope kind {kind!r}")
-            key = (wire.field(env, "l", str), wire.field(env, "p", str))
+            key = (wire.field(env, "l", str), wire.field(env, "p", str)) if kind != wire.DRAIN else ("", "")
         except (InvalidMessage, UnicodeDecodeError) as exc:
             logger.warning("processhub: node %s rejected a malformed message: %s", self.name, exc)
             self._reply_invalid(data, str(exc))
@@ -321,6 +399,9 @@ class Node:
             return
         if kind == wire.START:
             asyncio.ensure_future(self._handle_start(env, key, reply_to, corr))
+            return
+        if kind == wire.DRAIN:
+            asyncio.ensure_future(self._handle_drain(reply_to, corr))
             return
         slot = self.slots.get(key)
         if slot is None or slot.busy:
@@ -335,7 +416,13 @@ class Node:
                 asyncio.ensure_future(self.reply_error(reply_to, corr, wire.E_INVALID, "call without 'm'"))
                 return
             ttl = env.get("ttl")
-            deadline = time.monotonic() + ttl if isinstance(ttl, (int, float)) and not isinstance(ttl, bool) else None
+            if ttl is not None and (not isinstance(ttl, (int, float)) or isinstance(ttl, bool) or not ttl > 0):
+                # A caller sends its remaining time; anything else would be silently dropped below.
+                logger.warning("processhub: node %s rejected a call with ttl %r", self.name, ttl)
+                asyncio.ensure_future(self.reply_error(reply_to, corr, wire.E_INVALID,
+                                                       "'ttl' must be a positive number"))
+                return
+            deadline = time.monotonic() + ttl if ttl is not None else None
             slot.post((wire.CALL, env["m"], reply_to, corr, deadline))
         elif kind == wire.CAST:
             slot.post((wire.CAST, env.get("m")))
@@ -356,6 +443,17 @@ class Node:
             return
         if isinstance(reply_to, str) and isinstance(corr, str):
             asyncio.ensure_future(self.reply_error(reply_to, corr, wire.E_INVALID, msg))
+
+    async def _handle_drain(self, reply_to, corr) -> None:
+        try:
+            count = await self.drain_in_place()
+        except ProcessUnavailable as exc:
+            await self.reply_error(reply_to, corr, wire.E_UNAVAILABLE, str(exc))
+            return
+        except DatabaseError as exc:
+            await self.reply_error(reply_to, corr, wire.E_UNAVAILABLE, f"database: {exc}")
+            return
+        await self.reply(reply_to, corr, {"ok": True, "n": count})
 
     async def _handle_move(self, slot: Slot, env: dict, reply_to, corr) -> None:
         to = env.get("to")
@@ -391,14 +489,22 @@ class Node:
         cls = registry.get(key[0])
         arg = env.get("a")
         try:
+            # The client checks these too; a raw message may not have (I8). An unstorable id or
+            # argument would fail the whole group-committed INSERT of every start batched with it.
+            wire.check_process_id(key[1], self.hs.MAX_ID_LENGTH)
+            wire.check_storable(arg, "start argument")
+        except InvalidArgument as exc:
+            raise InvalidMessage(str(exc)) from None
+        try:
             pid = cls.process_id(arg)
         except Exception as exc:
             raise InvalidMessage(f"{key[0]}.process_id() raised {exc!r}") from None
         if pid != key[1]:
             raise InvalidMessage(f"process id {key[1]!r} does not match process_id(arg) = {pid!r}")
-        if self.draining:
-            return {"ok": False, "err": wire.E_FENCED, "msg": "node is draining"}
         for _ in range(5):
+            # Checked on every round: a drain may begin while this start waits for its batch.
+            if self.draining:
+                return {"ok": False, "err": wire.E_FENCED, "msg": "node is draining"}
             slot = self.slots.get(key)
             if slot is not None and not slot.busy:
                 return await self._when_ready(slot, created=False)
@@ -510,9 +616,11 @@ class Node:
 
         A claim that completes after a fence belongs to a dead incarnation: its row
         will be taken over by others, so activating it here would be a second live
-        activation (I1). Checked synchronously right before activating.
+        activation (I1). Checked synchronously right before activating. The lease
+        itself is checked too, not only the fenced flag: after a freeze (SIGSTOP, GC)
+        a claim's answer can be handled before the watchdog has noticed the expiry.
         """
-        return self.id == incarnation and not self.fenced
+        return self.id == incarnation and self.lease_valid()
 
     def _activate(self, row: store.Row) -> Slot:
         cls = registry.get(row.label)
@@ -579,8 +687,9 @@ class Node:
                 for row in got:
                     self._activate(row)
                 if got:
-                    logger.info("processhub: node %s took over %d processes from %s", self.name, len(got),
-                                owner or "no node")
+                    logger.info("processhub: node %s took over %d processes from %s (%d running here)", self.name,
+                                len(got), owner or "no node", len(self.slots))
+                    self.lifecycle("took_over", count=len(got), from_node=owner)
 
     async def _sync_own(self) -> None:
         gen, busy_writes = self._write_gen, self._writes
@@ -599,17 +708,24 @@ class Node:
             return  # our own write (or a fence) raced the read; look again next time
         self._last_full = now
         by_key = {(r.label, r.process_id): r for r in rows}
-        mine = {k: s.epoch for k, s in self.slots.items()}
-        busy = set(self.claiming) | {k for k, s in self.slots.items() if s.busy}
+        judged = dict(self.slots)
+        mine = {k: s.epoch for k, s in judged.items()}
+        busy = set(self.claiming) | {k for k, s in judged.items() if s.busy}
         diff = decisions.diff_own({k: r.epoch for k, r in by_key.items()}, mine, busy)
         for key in diff.kill:
-            slot = self.slots.pop(key, None)
-            if slot is not None:
-                logger.warning("processhub: %s %r epoch %s no longer belongs to %s; stopping it", key[0], key[1],
-                               slot.epoch, self.name)
-                await slot.kill("superseded", 1.0)
+            slot = judged[key]
+            if self.slots.get(key) is not slot:
+                continue  # replaced while an earlier kill was awaited: not the activation judged stale
+            del self.slots[key]
+            logger.warning("processhub: %s %r epoch %s no longer belongs to %s; stopping it", key[0], key[1],
+                           slot.epoch, self.name)
+            await slot.kill("superseded", 1.0)
+        # The kills were awaited: a start may have activated a row meanwhile (a second instance of
+        # its epoch would be a double activation), or the node may have fenced.
+        if not self._current(incarnation):
+            return
         for key in diff.activate:
-            if key[0] in registry.labels_set():
+            if key[0] in registry.labels_set() and key not in self.slots and key not in self.claiming:
                 self._activate(by_key[key])
 
 

@@ -107,8 +107,28 @@ def set_node_status(node_id: str, status: str) -> None:
 
 
 def live_nodes() -> list[NodeInfo]:
-    rows = Node.objects.filter(status=NodeStatus.UP, lease_expires_at__gt=Now()).values_list("id", "name", "channel")
-    return [NodeInfo(*r) for r in rows]
+    """The live incarnations, newest only per node name.
+
+    A node restarted faster than NODE_TTL leaves its old incarnation's lease
+    running; placement hashes names, so the old one must not shadow the new one
+    (starts would go to a dead channel until the old lease ran out).
+    """
+    rows = (Node.objects.filter(status=NodeStatus.UP, lease_expires_at__gt=Now())
+            .order_by("name", "-started_at").values_list("id", "name", "channel"))
+    seen: set[str] = set()
+    out = []
+    for r in rows:
+        if r[1] not in seen:
+            seen.add(r[1])
+            out.append(NodeInfo(*r))
+    return out
+
+
+def same_name_live(node_id: str, name: str) -> list[str]:
+    """Other live incarnations under this name, as "host/pid" strings."""
+    rows = Node.objects.filter(name=name, status__in=[NodeStatus.UP, NodeStatus.DRAINING],
+                               lease_expires_at__gt=Now()).exclude(id=node_id).values_list("host", "pid")
+    return [f"{h}/{p}" for h, p in rows]
 
 
 def dead_nodes_owning_processes() -> list[str]:

@@ -12,6 +12,8 @@ from .exceptions import InvalidArgument, InvalidMessage
 
 # Envelope kinds, client -> node.
 START, CALL, CAST, STOP, MOVE, ACTIVATE = "start", "call", "cast", "stop", "move", "activate"
+# Admin -> node: take no new processes, hand every process away, keep running (no "l"/"p").
+DRAIN = "drain"
 # Node -> client.
 REPLY = "reply"
 # Registry hints on the events channel.
@@ -30,7 +32,9 @@ _encoder = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(","
 
 
 def dumps(obj: Any) -> bytes:
-    return _encoder.encode(obj).encode()
+    # A lone surrogate (valid in a Python str, and in JSON as an escape) cannot be UTF-8:
+    # write it as its JSON escape, so it round-trips instead of failing the send.
+    return _encoder.encode(obj).encode("utf-8", "backslashreplace")
 
 
 def loads(data: bytes | str) -> dict:
@@ -46,11 +50,35 @@ def loads(data: bytes | str) -> dict:
 def check_data(value: Any, what: str, max_bytes: int, exc: type[InvalidArgument] = InvalidMessage) -> None:
     """Refuse anything that would not survive a JSON round trip unchanged in type."""
     try:
-        size = len(_encoder.encode(value))
-    except (TypeError, ValueError) as e:
+        size = len(dumps(value))
+    except (TypeError, ValueError, RecursionError) as e:
         raise exc(f"{what} is not JSON-serializable: {e}") from None
     if size > max_bytes:
         raise exc(f"{what} is {size} bytes, more than MAX_MESSAGE_BYTES={max_bytes}")
+
+
+def check_storable(value: Any, what: str, exc: type[InvalidArgument] = InvalidArgument) -> None:
+    """Refuse strings the registry database cannot store: NUL characters and lone surrogates.
+
+    For start arguments (stored as JSON): PostgreSQL rejects both, and one such row
+    would fail the whole group-committed INSERT of every start batched with it.
+    Iterative, so it copes with any depth ``check_data`` accepted.
+    """
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if "\x00" in item:
+                raise exc(f"{what} contains a NUL character, which the registry database cannot store")
+            try:
+                item.encode()
+            except UnicodeEncodeError:
+                raise exc(f"{what} contains a lone surrogate, which the registry database cannot store") from None
+        elif isinstance(item, dict):
+            stack.extend(item)
+            stack.extend(item.values())
+        elif isinstance(item, (list, tuple)):
+            stack.extend(item)
 
 
 def check_process_id(pid: Any, max_length: int) -> str:
@@ -60,8 +88,7 @@ def check_process_id(pid: Any, max_length: int) -> str:
         raise InvalidArgument("process id must be a non-empty string")
     if len(pid) > max_length:
         raise InvalidArgument(f"process id is {len(pid)} characters, more than MAX_ID_LENGTH={max_length}")
-    if "\x00" in pid:
-        raise InvalidArgument("process id must not contain NUL characters")
+    check_storable(pid, "process id")
     return pid
 
 

@@ -1,0 +1,228 @@
+"""Prometheus metrics of nodes and clients, and of the registry's counts in the database.
+
+Needs ``prometheus-client`` (``pip install processhub[metrics]``); without it
+every hook here is a no-op and ``start_http_server`` refuses to start.
+
+What each OS process exports:
+
+* ``runhub`` (on ``METRICS_PORT``) and an embedded node: ``processhub_activations``
+  (running here, by class), handler latency, restarts, crashes, moves,
+  failovers, fences, lease renewals and their latency, all labelled ``node``.
+* Every process that calls processes (web, Celery, runhub): the caller's view
+  of calls and casts (``processhub_client_seconds``, ``processhub_client_errors_total``).
+* ``render_latest()`` / ``metrics_view``: all of the above for this OS process
+  plus ``processhub_processes{node,label,status}`` and ``processhub_nodes{status}``
+  counted in SQL at scrape time, meant for one web process (every node
+  exporting them would count the same rows N times).
+
+Hot path: a call costs one dict lookup and one ``Histogram.observe`` (about a
+microsecond) on each side; label children are cached per (class, kind).
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import weakref
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from django.core.exceptions import ImproperlyConfigured
+
+try:
+    import prometheus_client as prom
+    from prometheus_client.core import GaugeMetricFamily
+except ImportError:  # optional dependency
+    prom = None
+
+if TYPE_CHECKING:
+    from django.http import HttpRequest, HttpResponse
+
+    from .node import Node
+
+logger = logging.getLogger(__name__)
+
+# Calls over Redis take a fraction of a millisecond to seconds; heartbeats a few ms.
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+if prom is not None:
+    HANDLE_SECONDS = prom.Histogram(
+        "processhub_handle_seconds", "Time a node's handler spent on one call or cast.",
+        ["node", "label", "kind"], buckets=LATENCY_BUCKETS,
+    )
+    CLIENT_SECONDS = prom.Histogram(
+        "processhub_client_seconds", "Calls (round trip, retries included) and casts (send) as the caller saw them.",
+        ["label", "kind"], buckets=LATENCY_BUCKETS,
+    )
+    CLIENT_ERRORS = prom.Counter(
+        "processhub_client_errors", "Calls and casts that raised, by exception class.", ["label", "kind", "error"]
+    )
+    RESTARTS = prom.Counter("processhub_restarts", "Restarts in place (after a crash or an exit).", ["node", "label"])
+    CRASHES = prom.Counter("processhub_crashes", "Handler exceptions.", ["node", "label"])
+    MOVES = prom.Counter("processhub_moves", "Processes handed to another node (drain, move).", ["node", "label"])
+    FAILOVERS = prom.Counter("processhub_failovers", "Processes taken over from a dead or absent owner.", ["node"])
+    FENCES = prom.Counter("processhub_fences", "Times the node stopped everything because its lease was lost.",
+                          ["node"])
+    LEASE_RENEWALS = prom.Counter(
+        "processhub_lease_renewals", "Heartbeats by result: ok, refused (lease already gone), error, hung.",
+        ["node", "result"],
+    )
+    LEASE_SECONDS = prom.Histogram(
+        "processhub_lease_renewal_seconds", "Latency of one heartbeat statement.", ["node"], buckets=LATENCY_BUCKETS
+    )
+
+_nodes: weakref.WeakSet[Node] = weakref.WeakSet()
+# The scrape runs on the HTTP server's thread while nodes are added on their loops. Two locks:
+# registering the collector calls its collect() once (to learn the metric names).
+_nodes_lock = threading.Lock()
+_collector_lock = threading.Lock()
+_collector_registered = False
+
+
+def enabled() -> bool:
+    return prom is not None
+
+
+class NodeCollector:
+    """``processhub_activations`` and ``processhub_node_lease_valid`` of the nodes in this OS process, at scrape time.
+
+    Counted from ``node.slots`` when scraped, so nothing is done per start or stop.
+    """
+
+    def collect(self):
+        activations = GaugeMetricFamily(
+            "processhub_activations", "Activations running on this node, by class.", labels=["node", "label"]
+        )
+        lease = GaugeMetricFamily("processhub_node_lease_valid", "1 while the node holds a valid lease.",
+                                  labels=["node"])
+        with _nodes_lock:
+            nodes = list(_nodes)
+        for node in nodes:
+            counts: dict[str, int] = {}
+            # A copy: the loop thread changes slots while the HTTP thread reads them.
+            for slot in list(node.slots.values()):
+                counts[slot.label] = counts.get(slot.label, 0) + 1
+            for label, n in sorted(counts.items()):
+                activations.add_metric([node.name, label], n)
+            lease.add_metric([node.name], 1.0 if node.lease_valid() else 0.0)
+        yield activations
+        yield lease
+
+
+class RegistryCollector:
+    """Process rows by node, class and status, and node rows by status: two GROUP BY queries per scrape."""
+
+    def collect(self):
+        from django.db.models import Count
+
+        from .models import Node, Process
+
+        processes = GaugeMetricFamily(
+            "processhub_processes", "Process rows in the registry by node name ('' = none), class and status.",
+            labels=["node", "label", "status"],
+        )
+        rows = Process.objects.order_by().values_list("node__name", "label", "status").annotate(n=Count("id"))
+        for node_name, label, status, n in rows:
+            processes.add_metric([node_name or "", label, status], n)
+        yield processes
+        nodes = GaugeMetricFamily("processhub_nodes", "Node incarnations in the registry by status.",
+                                  labels=["status"])
+        for status, n in Node.objects.order_by().values_list("status").annotate(n=Count("id")):
+            nodes.add_metric([status], n)
+        yield nodes
+
+
+def _register_node_collector() -> None:
+    global _collector_registered
+    with _collector_lock:
+        if not _collector_registered:
+            prom.REGISTRY.register(NodeCollector())
+            _collector_registered = True
+
+
+def instrument(node: Node) -> None:
+    """Hook a node's calls, lease renewals and lifecycle events into the metrics."""
+    if prom is None:
+        return
+    with _nodes_lock:
+        _nodes.add(node)
+    _register_node_collector()
+    handle_children: dict[tuple[str, str], Any] = {}
+    lease_children: dict[str, Any] = {}
+    lease_hist = LEASE_SECONDS.labels(node.name)
+
+    def metrics_call(label: str, seconds: float, kind: str = "call") -> None:
+        child = handle_children.get((label, kind))
+        if child is None:
+            child = handle_children[(label, kind)] = HANDLE_SECONDS.labels(node.name, label, kind)
+        child.observe(seconds)
+
+    def metrics_lease(seconds: float, result: str) -> None:
+        child = lease_children.get(result)
+        if child is None:
+            child = lease_children[result] = LEASE_RENEWALS.labels(node.name, result)
+        child.inc()
+        if result != "hung":
+            lease_hist.observe(seconds)
+
+    node.metrics_call = metrics_call
+    node.metrics_lease = metrics_lease
+    node.listeners.append(_on_lifecycle)
+
+
+def _on_lifecycle(event: str, node: Node, slot: Any, **extra: Any) -> None:
+    if event == "restarted":
+        RESTARTS.labels(node.name, slot.label).inc()
+    elif event == "crashed":
+        CRASHES.labels(node.name, slot.label).inc()
+    elif event == "moved":
+        MOVES.labels(node.name, slot.label).inc()
+    elif event == "took_over":
+        FAILOVERS.labels(node.name).inc(extra.get("count", 1))
+    elif event == "node_down" and extra.get("reason") != "shutdown":
+        FENCES.labels(node.name).inc()
+
+
+def client_observer() -> Callable[[str, str, float, BaseException | None], None] | None:
+    """The per-call hook of ``Client`` (None without prometheus-client, so the client skips the timing)."""
+    if prom is None:
+        return None
+    children: dict[tuple[str, str], Any] = {}
+
+    def observe(label: str, kind: str, seconds: float, error: BaseException | None) -> None:
+        child = children.get((label, kind))
+        if child is None:
+            child = children[(label, kind)] = CLIENT_SECONDS.labels(label, kind)
+        child.observe(seconds)
+        if error is not None:
+            CLIENT_ERRORS.labels(label, kind, type(error).__name__).inc()
+
+    return observe
+
+
+def start_http_server(port: int, addr: str = "0.0.0.0") -> None:
+    """Serve this OS process's metrics on ``port`` (runhub's METRICS_PORT)."""
+    if prom is None:
+        raise ImproperlyConfigured("PROCESSHUB METRICS_PORT needs prometheus-client: pip install processhub[metrics]")
+    _register_node_collector()
+    prom.start_http_server(port, addr)
+    logger.info("processhub: metrics on http://%s:%s/metrics", addr, port)
+
+
+def render_latest(registry_counts: bool = True) -> bytes:
+    """This OS process's metrics in the Prometheus text format, plus the registry's counts from the database."""
+    if prom is None:
+        raise ImproperlyConfigured("processhub metrics need prometheus-client: pip install processhub[metrics]")
+    out = prom.generate_latest(prom.REGISTRY)
+    if registry_counts:
+        # A throw-away registry: the counts are read per scrape, never kept in this process.
+        db = prom.CollectorRegistry(auto_describe=False)
+        db.register(RegistryCollector())
+        out += prom.generate_latest(db)
+    return out
+
+
+def metrics_view(request: HttpRequest) -> HttpResponse:
+    """A Django view of ``render_latest()``; route it where only your Prometheus can reach it."""
+    from django.http import HttpResponse
+
+    return HttpResponse(render_latest(), content_type=prom.CONTENT_TYPE_LATEST if prom else "text/plain")
