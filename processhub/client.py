@@ -10,7 +10,6 @@ import asyncio
 import dataclasses
 import itertools
 import logging
-import threading
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -35,7 +34,6 @@ from .exceptions import (
 )
 from .models import ProcessStatus
 from .placement import choose_item
-from .runtime import refuse_running_loop
 
 if TYPE_CHECKING:
     from .process import HordeProcess
@@ -63,30 +61,6 @@ class ProcessRef:
     @classmethod
     def from_wire(cls, d: dict, created: bool = False) -> ProcessRef:
         return cls(d["l"], d["p"], d["n"], d["ni"], d["e"], created, d["c"])
-
-
-class _Blocking:
-    """A pending-call entry for a thread blocked in ``call_blocking``; the loop thread's reply handler wakes it."""
-
-    __slots__ = ("_lock", "env")
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._lock.acquire()
-        self.env: dict | None = None
-
-    def done(self) -> bool:
-        return self.env is not None
-
-    def set_result(self, env: dict) -> None:
-        self.env = env
-        self._lock.release()
-
-    def wait(self, timeout: float) -> dict | None:
-        return self.env if self._lock.acquire(timeout=max(0.0, timeout)) else None
-
-
-_MISS = object()
 
 
 class _Undelivered(Exception):
@@ -121,8 +95,6 @@ class Client:
         self.live: dict[str, store.NodeInfo] = {}
         self.live_at = -1e9
         self._seq = itertools.count()
-        self._blocking = rt.transport.blocking()  # None: sync callers hop onto the loop
-        self._refreshing = False
         # Per-call metrics hook (processhub.metrics); None skips the timing altogether.
         self.metrics_observe = metrics.client_observer()
 
@@ -169,32 +141,6 @@ class Client:
             return await self.rt.db(fn, *args)
         except DatabaseError as exc:
             raise DatabaseUnavailable(f"the registry database failed: {exc}") from exc
-
-    def _keep_live_fresh(self) -> None:
-        """Refresh the live-node set in the background once it is a heartbeat old (any thread).
-
-        ``cached()`` trusts it for two heartbeats, so a steady stream of calls never
-        waits for this query inline (it used to, once per second: the p99).
-        """
-        if self._refreshing or time.monotonic() - self.live_at <= self.hs.HEARTBEAT_INTERVAL:
-            return
-        self._refreshing = True
-        try:
-            running = asyncio.get_running_loop()
-        except RuntimeError:
-            running = None
-        if running is self.rt.loop:
-            running.create_task(self._refresh_live())
-        else:
-            asyncio.run_coroutine_threadsafe(self._refresh_live(), self.rt.loop)
-
-    async def _refresh_live(self) -> None:
-        try:
-            await self.nodes(force=True)
-        except ProcessHubError as exc:
-            logger.debug("processhub: refreshing the live nodes failed: %s", exc)
-        finally:
-            self._refreshing = False
 
     async def nodes(self, force: bool = False) -> list[store.NodeInfo]:
         if force or time.monotonic() - self.live_at > self.hs.HEARTBEAT_INTERVAL:
@@ -257,12 +203,8 @@ class Client:
 
     async def lookup(self, key: tuple[str, str], use_cache: bool = True) -> ProcessRef | None:
         if use_cache and key in self.cache:
+            await self.nodes()  # refreshes the live set at most once per heartbeat interval
             ref = self.cached(key)
-            if ref is None:
-                await self.nodes()  # the live set is more than two heartbeats old: refresh it now
-                ref = self.cached(key)
-            else:
-                self._keep_live_fresh()
             if ref is not None:
                 return ref
         row = await self.db(store.lookup, *key)
@@ -334,86 +276,6 @@ class Client:
         key = self.key_for(cls, arg)
         self.check_message(message)
         await self._send(cls, key, arg, message, self.hs.CALL_TIMEOUT, wire.CAST)
-
-    # ---------------------------------------------------------- sync fast path
-
-    def call_blocking(self, cls: type[HordeProcess], arg: Any, message: Any, timeout: float | None = None) -> Any:
-        """``call`` from a thread that runs no event loop (a view, a Celery task, the shell).
-
-        Fast path (issue 4): on a fresh cache hit the calling thread publishes on
-        its own blocking Redis connection and sleeps until the loop thread's reply
-        handler wakes it: one thread switch per call instead of two, no coroutine.
-        A miss, an owner that is gone, or a "not here"/"fenced" answer (nothing
-        was handled) continues on the loop with the time left, where the usual
-        lookups, starts and retries happen.
-        """
-        refuse_running_loop()
-        key = self.key_for(cls, arg)
-        self.check_message(message)
-        timeout = timeout or self.hs.CALL_TIMEOUT
-        t0 = time.perf_counter()
-        observe = self.metrics_observe
-        try:
-            value = self._call_fast(key, message, timeout)
-        except BaseException as exc:
-            if observe is not None:
-                observe(key[0], wire.CALL, time.perf_counter() - t0, exc)
-            raise
-        if value is not _MISS:
-            if observe is not None:
-                observe(key[0], wire.CALL, time.perf_counter() - t0, None)
-            return value
-        left = max(0.001, timeout - (time.perf_counter() - t0))
-        return self.rt.run_sync(self._send(cls, key, arg, message, left, wire.CALL))
-
-    def _call_fast(self, key: tuple[str, str], message: Any, timeout: float) -> Any:
-        pub = self._blocking
-        ref = self.cached(key) if pub is not None else None
-        if ref is None:
-            return _MISS
-        self._keep_live_fresh()
-        corr = str(next(self._seq))
-        waiter = _Blocking()
-        self.pending[corr] = waiter  # type: ignore[assignment]
-        try:
-            env = {"t": wire.CALL, "l": key[0], "p": key[1], "m": message, "ttl": timeout, "id": corr,
-                   "r": self.reply_channel}
-            if pub.publish(ref.channel, wire.dumps(env)) == 0:
-                return _MISS  # its node is gone; the loop path finds that out too and looks again
-            reply = waiter.wait(timeout)
-        finally:
-            self.pending.pop(corr, None)
-        if reply is None:
-            raise CallTimeout(f"call to {key[0]} {key[1]!r} got no reply within {timeout}s")
-        if reply.get("ok"):
-            return reply.get("v")
-        if reply.get("err") in (wire.E_NOT_HERE, wire.E_FENCED):
-            self.rt.loop.call_soon_threadsafe(self.forget, ref)  # runs before the retry on the loop
-            return _MISS
-        raise error_from(reply)
-
-    def cast_blocking(self, cls: type[HordeProcess], arg: Any, message: Any) -> None:
-        """``cast`` from a thread that runs no event loop: published from this thread on a cache hit."""
-        refuse_running_loop()
-        key = self.key_for(cls, arg)
-        self.check_message(message)
-        pub = self._blocking
-        ref = self.cached(key) if pub is not None else None
-        if ref is not None:
-            self._keep_live_fresh()
-            t0 = time.perf_counter()
-            observe = self.metrics_observe
-            try:
-                sent = pub.publish(ref.channel, wire.dumps({"t": wire.CAST, "l": key[0], "p": key[1], "m": message}))
-            except BaseException as exc:
-                if observe is not None:
-                    observe(key[0], wire.CAST, time.perf_counter() - t0, exc)
-                raise
-            if sent:
-                if observe is not None:
-                    observe(key[0], wire.CAST, time.perf_counter() - t0, None)
-                return
-        self.rt.run_sync(self._send(cls, key, arg, message, self.hs.CALL_TIMEOUT, wire.CAST))
 
     async def _send(self, cls, key, arg, message, timeout: float, kind: str) -> Any:
         observe = self.metrics_observe
