@@ -78,6 +78,9 @@ if DATABASE_URL:
                 "keepalives_interval": 1,
                 "keepalives_count": 2,
                 "tcp_user_timeout": 4000,
+                # A paused node inside a fenced() transaction holds a row lock: bound what
+                # others wait for it, and end its session (and so its lock) when it idles.
+                "options": "-c lock_timeout=3000 -c idle_in_transaction_session_timeout=10000",
             }
         )
 else:

@@ -95,6 +95,27 @@ class Slot:
         return inst
 
     async def _run(self) -> None:
+        """Run activations until the slot ends; an unexpected exit never leaves a dead slot registered."""
+        try:
+            await self._run_activations()
+        except asyncio.CancelledError:
+            if asyncio.current_task().cancelling():
+                raise  # our own kill(): the killer cleans up
+            logger.error("processhub: %s %r: user code raised CancelledError", self.label, self.process_id)
+            self._abandon("cancelled by user code")
+        except Exception:
+            logger.exception("processhub: %s %r: activation loop failed", self.label, self.process_id)
+            self._abandon("activation loop failed")
+
+    def _abandon(self, reason: str) -> None:
+        # Unblock starters and callers, and drop the slot so that the next reconcile
+        # (rows naming this node with no activation) starts the process again.
+        if not self.ready.done():
+            self.ready.set_exception(_Crash(RuntimeError(reason), reason))
+        self._fail_waiters(wire.E_NOT_HERE, reason)
+        self.node.forget(self, reason, crashed=True)
+
+    async def _run_activations(self) -> None:
         node = self.node
         while True:
             if not node.lease_valid():
@@ -105,21 +126,23 @@ class Slot:
                 if not self.ready.done():
                     self.ready.cancel()
                 return
-            inst = self.instance = self._new_instance()
+            inst = None
             try:
+                inst = self.instance = self._new_instance()  # runs the user's __init__
                 await node.invoke(inst.init, self.arg)
                 if self.handoff is not None:
                     await node.invoke(inst.end_handoff, self.handoff)
                     self.handoff = None
-                    await node.write(store.clear_handoff, self.row_id, self.epoch)
+                    await self._write(store.clear_handoff, self.row_id, self.epoch)
             except asyncio.CancelledError:
-                await self._terminate(inst, self.kill_reason)
+                if inst is not None:
+                    await self._terminate(inst, self.kill_reason)
                 raise
             except Exception as exc:
                 error = _tb(exc)
                 logger.error("processhub: init of %s %r failed (epoch %s): %s", self.label, self.process_id,
                              self.epoch, exc)
-                await node.write(store.finish, self.row_id, node.id, self.epoch, ProcessStatus.FAILED, error)
+                await self._write(store.finish, self.row_id, node.id, self.epoch, ProcessStatus.FAILED, error)
                 if not self.ready.done():
                     self.ready.set_exception(_Crash(exc, error))
                 self._fail_waiters(wire.E_NOT_RUNNING, f"init failed: {exc!r}")
@@ -137,8 +160,8 @@ class Slot:
                 return  # the node fences every slot itself
             await self._terminate(inst, outcome.reason)
             if outcome.kind == "stop":
-                await node.write(store.finish, self.row_id, node.id, self.epoch, ProcessStatus.STOPPED, "")
-                await node.ack(outcome.item, True)
+                done = await self._write(store.finish, self.row_id, node.id, self.epoch, ProcessStatus.STOPPED, "")
+                await node.ack(outcome.item, bool(done))
                 self._fail_waiters(wire.E_NOT_RUNNING, "stopped")
                 node.forget(self, "stopped")
                 return
@@ -153,7 +176,7 @@ class Slot:
             action = decisions.after_exit(self.restart, crashed, self.restart_times, now, max_restarts, max_seconds)
             if action == decisions.RESTART:
                 self.restart_times = [t for t in self.restart_times if now - t < max_seconds] + [now]
-                new_epoch = await node.write(store.bump_epoch, self.row_id, node.id, self.epoch, outcome.error, True)
+                new_epoch = await self._write(store.bump_epoch, self.row_id, node.id, self.epoch, outcome.error, True)
                 if new_epoch is None:
                     await self._send_crash_reply(outcome)
                     node.forget(self, "superseded")
@@ -166,7 +189,7 @@ class Slot:
             error = outcome.error
             if action == decisions.FAIL:
                 error = f"more than {max_restarts} restarts in {max_seconds}s; last error:\n{outcome.error}"
-            await node.write(store.finish, self.row_id, node.id, self.epoch, status, error)
+            await self._write(store.finish, self.row_id, node.id, self.epoch, status, error)
             await self._send_crash_reply(outcome)
             self._fail_waiters(wire.E_NOT_RUNNING, f"{self.label} {self.process_id!r} is {status}")
             node.forget(self, outcome.reason, crashed=crashed)
@@ -239,6 +262,9 @@ class Slot:
         if outcome.reply is not None:
             await self.node.reply(*outcome.reply)
 
+    async def _write(self, fn, *args):
+        return await self.node.write(fn, *args, keys=(self.key,))
+
     def _crash(self, exc: BaseException) -> _Outcome:
         error = _tb(exc)
         logger.warning("processhub: %s %r crashed on node %s (epoch %s): %r", self.label, self.process_id,
@@ -270,10 +296,10 @@ class Slot:
                                  self.process_id)
                 state = None
         if target is None and self.restart == "temporary":
-            moved = await node.write(store.finish, self.row_id, node.id, self.epoch, ProcessStatus.STOPPED,
+            moved = await self._write(store.finish, self.row_id, node.id, self.epoch, ProcessStatus.STOPPED,
                                      "node shut down")
         else:
-            moved = await node.write(store.move, self.row_id, node.id, self.epoch, target and target.id, state)
+            moved = await self._write(store.move, self.row_id, node.id, self.epoch, target and target.id, state)
         node.forget(self, "moved")
         if moved and target is not None:
             await node.hint_activate(target)

@@ -10,6 +10,7 @@ import asyncio
 import dataclasses
 import itertools
 import logging
+import threading
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -34,6 +35,8 @@ from .exceptions import (
 )
 from .models import ProcessStatus
 from .placement import choose_item
+from .runtime import refuse_running_loop
+from .transport import FRAMED_SUFFIX
 
 if TYPE_CHECKING:
     from .process import HordeProcess
@@ -63,6 +66,41 @@ class ProcessRef:
         return cls(d["l"], d["p"], d["n"], d["ni"], d["e"], created, d["c"])
 
 
+class _Blocking:
+    """A pending-call entry for a thread blocked in ``call_blocking``; the loop thread's reply handler wakes it."""
+
+    __slots__ = ("_lock", "env")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._lock.acquire()
+        self.env: dict | None = None
+
+    def done(self) -> bool:
+        return self.env is not None
+
+    def set_result(self, env: dict) -> None:
+        self.env = env
+        self._lock.release()
+
+    def wait(self, timeout: float) -> dict | None:
+        return self.env if self._lock.acquire(timeout=max(0.0, timeout)) else None
+
+
+_MISS = object()
+
+
+def _retrieve(task: asyncio.Future) -> None:
+    # Whoever awaited the shared query got its error; never log it again as "never retrieved".
+    if not task.cancelled():
+        task.exception()
+
+
+def _expire(fut: asyncio.Future) -> None:
+    if not fut.done():
+        fut.set_exception(TimeoutError())
+
+
 class _Undelivered(Exception):
     """Nobody subscribes to the channel: its node is gone. Safe to retry (nothing was handled)."""
 
@@ -88,13 +126,16 @@ class Client:
         hs = hub_settings()
         self.rt = rt
         self.hs = hs
-        self.reply_channel = f"{hs.PREFIX}.reply.{uuid.uuid4().hex}"
+        self.reply_channel = f"{hs.PREFIX}.reply.{uuid.uuid4().hex}{FRAMED_SUFFIX}"
         self.events_channel = f"{hs.PREFIX}.events"
         self.pending: dict[str, asyncio.Future] = {}
         self.cache: dict[tuple[str, str], ProcessRef] = {}
         self.live: dict[str, store.NodeInfo] = {}
         self.live_at = -1e9
         self._seq = itertools.count()
+        self._blocking = rt.transport.blocking()  # None: sync callers hop onto the loop
+        self._refreshing = False
+        self._nodes_query: asyncio.Future | None = None
         # Per-call metrics hook (processhub.metrics); None skips the timing altogether.
         self.metrics_observe = metrics.client_observer()
 
@@ -142,25 +183,64 @@ class Client:
         except DatabaseError as exc:
             raise DatabaseUnavailable(f"the registry database failed: {exc}") from exc
 
+    def _keep_live_fresh(self) -> None:
+        """Refresh the live-node set in the background once it is a heartbeat old (any thread).
+
+        ``cached()`` trusts it for two heartbeats, so a steady stream of calls never
+        waits for this query inline (it used to, once per second: the p99).
+        """
+        if self._refreshing or time.monotonic() - self.live_at <= self.hs.HEARTBEAT_INTERVAL:
+            return
+        self._refreshing = True
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is self.rt.loop:
+            running.create_task(self._refresh_live())
+        else:
+            asyncio.run_coroutine_threadsafe(self._refresh_live(), self.rt.loop)
+
+    async def _refresh_live(self) -> None:
+        try:
+            await self.nodes(force=True)
+        except ProcessHubError as exc:
+            logger.debug("processhub: refreshing the live nodes failed: %s", exc)
+        finally:
+            self._refreshing = False
+
     async def nodes(self, force: bool = False) -> list[store.NodeInfo]:
         if force or time.monotonic() - self.live_at > self.hs.HEARTBEAT_INTERVAL:
-            found = await self.db(store.live_nodes)
-            self.live = {n.id: n for n in found}
-            self.live_at = time.monotonic()
+            # One query for everyone who needs it now: 500 concurrent starts used to send 500 (issue 4).
+            task = self._nodes_query
+            if task is None or task.done():
+                task = self._nodes_query = asyncio.ensure_future(self._load_nodes())
+                task.add_done_callback(_retrieve)
+            await asyncio.shield(task)
         return list(self.live.values())
+
+    async def _load_nodes(self) -> None:
+        found = await self.db(store.live_nodes)
+        self.live = {n.id: n for n in found}
+        self.live_at = time.monotonic()
 
     async def request(self, channel: str, env: dict, timeout: float) -> dict:
         corr = str(next(self._seq))
         env["id"] = corr
         env["r"] = self.reply_channel
-        fut = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
         self.pending[corr] = fut
+        timer = None
         try:
             if await self.rt.transport.publish(channel, wire.dumps(env)) == 0:
                 raise _Undelivered(channel)
-            async with asyncio.timeout(timeout):
-                return await fut
+            # A timer on the future itself: cheaper than asyncio.timeout() (no Timeout object, no task uncancel).
+            timer = loop.call_later(timeout, _expire, fut)
+            return await fut
         finally:
+            if timer is not None:
+                timer.cancel()
             self.pending.pop(corr, None)
 
     def forget(self, ref: ProcessRef | None) -> None:
@@ -203,8 +283,12 @@ class Client:
 
     async def lookup(self, key: tuple[str, str], use_cache: bool = True) -> ProcessRef | None:
         if use_cache and key in self.cache:
-            await self.nodes()  # refreshes the live set at most once per heartbeat interval
             ref = self.cached(key)
+            if ref is None:
+                await self.nodes()  # the live set is more than two heartbeats old: refresh it now
+                ref = self.cached(key)
+            else:
+                self._keep_live_fresh()
             if ref is not None:
                 return ref
         row = await self.db(store.lookup, *key)
@@ -235,6 +319,9 @@ class Client:
             if node is not None:
                 target = next((n for n in live if n.name == node or n.id == node), None)
                 if target is None:
+                    if not force:
+                        force = True  # the cached live set may predate the node's (re)join
+                        continue
                     raise NoLiveNodes(f"no live node named {node!r}")
             else:
                 target = choose_item(f"{key[0]}:{key[1]}", live, lambda n: n.name)
@@ -276,6 +363,90 @@ class Client:
         key = self.key_for(cls, arg)
         self.check_message(message)
         await self._send(cls, key, arg, message, self.hs.CALL_TIMEOUT, wire.CAST)
+
+    # ---------------------------------------------------------- sync fast path
+
+    def call_blocking(self, cls: type[HordeProcess], arg: Any, message: Any, timeout: float | None = None) -> Any:
+        """``call`` from a thread that runs no event loop (a view, a Celery task, the shell).
+
+        Fast path (issue 4): on a fresh cache hit the calling thread publishes on
+        its own blocking Redis connection and sleeps until the loop thread's reply
+        handler wakes it: one thread switch per call instead of two, no coroutine.
+        A miss, an owner that is gone, or a "not here"/"fenced" answer (nothing
+        was handled) continues on the loop with the time left, where the usual
+        lookups, starts and retries happen.
+        """
+        refuse_running_loop()
+        key = self.key_for(cls, arg)
+        self.check_message(message)
+        timeout = timeout or self.hs.CALL_TIMEOUT
+        t0 = time.perf_counter()
+        observe = self.metrics_observe
+        try:
+            value = self._call_fast(key, message, timeout)
+        except BaseException as exc:
+            if observe is not None:
+                observe(key[0], wire.CALL, time.perf_counter() - t0, exc)
+            raise
+        if value is not _MISS:
+            if observe is not None:
+                observe(key[0], wire.CALL, time.perf_counter() - t0, None)
+            return value
+        left = max(0.001, timeout - (time.perf_counter() - t0))
+        return self.rt.run_sync(self._send(cls, key, arg, message, left, wire.CALL))
+
+    def _call_fast(self, key: tuple[str, str], message: Any, timeout: float) -> Any:
+        pub = self._blocking
+        ref = self.cached(key) if pub is not None else None
+        if ref is None:
+            return _MISS
+        self._keep_live_fresh()
+        corr = str(next(self._seq))
+        waiter = _Blocking()
+        self.pending[corr] = waiter  # type: ignore[assignment]
+        try:
+            env = {"t": wire.CALL, "l": key[0], "p": key[1], "m": message, "ttl": timeout, "id": corr,
+                   "r": self.reply_channel}
+            if pub.publish(ref.channel, wire.dumps(env)) == 0:
+                return _MISS  # its node is gone; the loop path finds that out too and looks again
+            reply = waiter.wait(timeout)
+        finally:
+            self.pending.pop(corr, None)
+        if reply is None:
+            raise CallTimeout(f"call to {key[0]} {key[1]!r} got no reply within {timeout}s")
+        if reply.get("ok"):
+            return reply.get("v")
+        if reply.get("err") in (wire.E_NOT_HERE, wire.E_FENCED):
+            self.rt.loop.call_soon_threadsafe(self.forget, ref)  # runs before the retry on the loop
+            return _MISS
+        if reply.get("err") in (wire.E_CRASHED, wire.E_NOT_RUNNING):
+            # As on the loop path: the cached ref is stale. Dropped here, not on the loop, so that a
+            # fetch() right after this call already misses (a dict pop is atomic).
+            self.cache.pop(key, None)
+        raise error_from(reply)
+
+    def cast_blocking(self, cls: type[HordeProcess], arg: Any, message: Any) -> None:
+        """``cast`` from a thread that runs no event loop: published from this thread on a cache hit."""
+        refuse_running_loop()
+        key = self.key_for(cls, arg)
+        self.check_message(message)
+        pub = self._blocking
+        ref = self.cached(key) if pub is not None else None
+        if ref is not None:
+            self._keep_live_fresh()
+            t0 = time.perf_counter()
+            observe = self.metrics_observe
+            try:
+                sent = pub.publish(ref.channel, wire.dumps({"t": wire.CAST, "l": key[0], "p": key[1], "m": message}))
+            except BaseException as exc:
+                if observe is not None:
+                    observe(key[0], wire.CAST, time.perf_counter() - t0, exc)
+                raise
+            if sent:
+                if observe is not None:
+                    observe(key[0], wire.CAST, time.perf_counter() - t0, None)
+                return
+        self.rt.run_sync(self._send(cls, key, arg, message, self.hs.CALL_TIMEOUT, wire.CAST))
 
     async def _send(self, cls, key, arg, message, timeout: float, kind: str) -> Any:
         observe = self.metrics_observe

@@ -7,6 +7,7 @@ incarnation), ``drain`` (SIGTERM: hand processes to the other nodes, leave).
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 import logging
 import os
@@ -24,6 +25,7 @@ from .conf import hub_settings
 from .exceptions import InvalidArgument, InvalidMessage, ProcessHubError, ProcessUnavailable, UnknownProcessClass
 from .models import NodeStatus, ProcessStatus
 from .placement import choose_item
+from .transport import FRAMED_SUFFIX
 
 if TYPE_CHECKING:
     from .runtime import Runtime
@@ -32,6 +34,10 @@ logger = logging.getLogger(__name__)
 
 # Seconds between two progress lines while a node hands many processes off.
 PROGRESS_EVERY = 1.0
+# Reconcile this long after another node's lease is due to run out (issue 4: failover).
+EXPIRY_GRACE = 0.05
+# Activations between two yields to the loop when the reconcile activates many rows at once.
+ACTIVATE_SLICE = 500
 
 
 class Node:
@@ -56,8 +62,12 @@ class Node:
         self._poke = asyncio.Event()
         self._writes = 0
         self._write_gen = 0
+        self._unkeyed_writes = 0
+        self._inflight: collections.Counter = collections.Counter()
+        self._recent_writes: collections.deque = collections.deque(maxlen=4096)
         self._last_full = 0.0
         self._rejoining = False
+        self._peer_expiry_at: float | None = None  # monotonic time another node's lease runs out
         self.listeners: list[Callable[..., None]] = [signals.dispatch]
         metrics.instrument(self)
 
@@ -71,7 +81,7 @@ class Node:
 
     async def _register(self) -> None:
         self.id = uuid.uuid4().hex
-        self.channel = f"{self.hs.PREFIX}.node.{self.id}"
+        self.channel = f"{self.hs.PREFIX}.node.{self.id}{FRAMED_SUFFIX}"  # read by our transport: frames OK
         await self.rt.transport.subscribe(self.channel, self._on_message)
         sent = time.monotonic()
         await self.rt.db(store.register_node, self.id, self.name, socket.gethostname(), os.getpid(), self.channel,
@@ -151,6 +161,12 @@ class Node:
             if not fut.done():
                 fut.set_result(("error", wire.E_FENCED, "node lost its lease"))
         self.claiming.clear()
+        # Starts still queued for the batcher belong to the old incarnation too: answer them
+        # now, or a retry queued after the rejoin would put the same key twice in one batch.
+        queued, self._queue = self._queue, []
+        for _, _, _, fut in queued:
+            if not fut.done():
+                fut.set_result(("error", wire.E_FENCED, "node lost its lease"))
         timeout = min(1.0, self.hs.SHUTDOWN_TIMEOUT)
         await asyncio.gather(*(s.kill("lease lost", timeout) for s in slots), return_exceptions=True)
         self.lifecycle("node_down", reason=reason)
@@ -300,8 +316,17 @@ class Node:
             return await fn(*args)
         return await asyncio.get_running_loop().run_in_executor(self.rt.handler_pool, _db_call, fn, args)
 
-    async def write(self, fn: Callable, *args: Any) -> Any:
-        """A write to this node's own rows; reconcile ignores diffs taken while one is in flight."""
+    async def write(self, fn: Callable, *args: Any, keys: list | tuple | None = None) -> Any:
+        """A write to this node's own rows, recorded so reconcile can tell its own writes from news.
+
+        ``keys`` are the (label, process_id) the write touches; None means unknown,
+        which makes a reconcile pass that overlaps it give up (DESIGN: pure diff over a
+        consistent read).
+        """
+        if keys is None:
+            self._unkeyed_writes += 1
+        else:
+            self._inflight.update(keys)
         self._writes += 1
         try:
             return await self.rt.db(fn, *args)
@@ -310,7 +335,28 @@ class Node:
             return None
         finally:
             self._writes -= 1
+            if keys is None:
+                self._unkeyed_writes -= 1
+            else:
+                self._inflight.subtract(keys)
             self._write_gen += 1
+            self._recent_writes.append((self._write_gen, None if keys is None else frozenset(keys)))
+
+    def _written_since(self, gen: int) -> set | None:
+        """Keys written (or being written) since write generation ``gen``; None when unknown."""
+        if self._unkeyed_writes:
+            return None
+        out = {k for k, n in self._inflight.items() if n > 0}
+        if gen == self._write_gen:
+            return out
+        if not self._recent_writes or self._recent_writes[0][0] > gen + 1:
+            return None  # older than the history we keep
+        for g, keys in self._recent_writes:
+            if g > gen:
+                if keys is None:
+                    return None
+                out |= keys
+        return out
 
     async def reply(self, reply_to: str | None, corr: str | None, data: dict) -> None:
         if not reply_to:
@@ -549,19 +595,33 @@ class Node:
                 except Exception as exc:
                     logger.exception("processhub: start batch failed on %s", self.name)
                     for key, _, _, fut in batch:
-                        self.claiming.pop(key, None)
+                        if self.claiming.get(key) is fut:
+                            del self.claiming[key]
                         if not fut.done():
                             fut.set_result(("error", wire.E_UNAVAILABLE, f"start failed: {exc}"))
 
     async def _start_batch(self, batch: list) -> None:
+        # Answered entries (a fence answered them) are dropped; one entry per key, so a key can
+        # never be activated twice from one batch.
+        unique: dict[tuple[str, str], tuple] = {}
+        for entry in batch:
+            if not entry[3].done() and entry[0] not in unique:
+                unique[entry[0]] = entry
+        for entry in batch:
+            if not entry[3].done() and unique.get(entry[0]) is not entry:
+                entry[3].set_result(("retry",))
+        batch = list(unique.values())
+        if not batch:
+            return
         if not self.lease_valid():
             for key, _, _, fut in batch:
-                self.claiming.pop(key, None)
+                if self.claiming.get(key) is fut:
+                    del self.claiming[key]
                 fut.set_result(("error", wire.E_FENCED, "node has no valid lease"))
             return
         items = [(k[0], k[1], arg, restart) for k, arg, restart, _ in batch]
         incarnation = self.id
-        inserted = await self.write(store.insert_new, incarnation, items)
+        inserted = await self.write(store.insert_new, incarnation, items, keys=[k for k, *_ in batch])
         if inserted is None:
             inserted = {}
         for key, arg, restart, fut in batch:
@@ -604,7 +664,8 @@ class Node:
             return ("ref", ProcessRef(key[0], key[1], name, node_id, epoch, False, channel))
         # Owner dead or absent, or the process was stopped/failed: claim it (epoch+1).
         restarting = status != ProcessStatus.RUNNING
-        got = await self.write(store.claim, incarnation, [(rid, epoch)], restarting, arg if restarting else None)
+        got = await self.write(store.claim, incarnation, [(rid, epoch)], restarting, arg if restarting else None,
+                               keys=[key])
         if not got:
             return ("retry",)
         if not self._current(incarnation):
@@ -624,8 +685,10 @@ class Node:
 
     def _activate(self, row: store.Row) -> Slot:
         cls = registry.get(row.label)
+        old = self.slots.get((row.label, row.process_id))
+        if old is not None and old.row_id == row.id and old.epoch == row.epoch:
+            return old  # already running this very activation: a second one would be a double (I1)
         slot = Slot(self, cls, row)
-        old = self.slots.get(slot.key)
         if old is not None:
             asyncio.ensure_future(old.kill("superseded", 1.0))
         self.slots[slot.key] = slot
@@ -636,22 +699,44 @@ class Node:
 
     async def _reconcile_loop(self) -> None:
         while True:
+            timeout = self.hs.RECONCILE_INTERVAL
+            if self._peer_expiry_at is not None:
+                # Wake right after another node's lease runs out (if it dies, its processes move now);
+                # once per reading: the next reconcile reads the leases again.
+                timeout = min(timeout, max(0.0, self._peer_expiry_at - time.monotonic()) + EXPIRY_GRACE)
+                self._peer_expiry_at = None
             try:
-                await asyncio.wait_for(self._poke.wait(), self.hs.RECONCILE_INTERVAL)
+                await asyncio.wait_for(self._poke.wait(), timeout)
             except TimeoutError:
                 pass
             self._poke.clear()
-            if not self.lease_valid() or self.draining:
+            if not self.lease_valid() or self.leaving:
                 continue
             try:
-                await self.reconcile()
+                if self.draining:
+                    await self._reconcile_draining()
+                else:
+                    await self.reconcile()
             except DatabaseError as exc:
                 logger.warning("processhub: reconcile on %s failed (%s); retrying", self.name, exc)
             except Exception:
                 logger.exception("processhub: reconcile on %s failed", self.name)
 
+    async def _reconcile_draining(self) -> None:
+        """A node drained in place takes no orphans, but rows still naming it (a move that
+        failed, a start that landed as the drain began) must run somewhere: run them here,
+        then hand them off again (I6)."""
+        await self._sync_own()
+        if any(not s.busy for s in self.slots.values()) and (
+                self._handoff_task is None or self._handoff_task.done()):
+            others = [n for n in await self.rt.db(store.live_nodes) if n.id != self.id]
+            if others:
+                self._handoff_task = asyncio.ensure_future(self._hand_off_in_place(others))
+
     async def reconcile(self) -> None:
-        live = await self.rt.db(store.live_nodes)
+        asked = time.monotonic()
+        live, expiry = await self.rt.db(store.live_nodes_and_next_expiry, self.id)
+        self._peer_expiry_at = None if expiry is None else asked + expiry
         if await self.rt.db(store.mark_expired_nodes_down):
             await self._event({"e": "nodes_changed"})
         await self._take_orphans(live)
@@ -675,13 +760,14 @@ class Node:
                     stop.append(r)
             for r in stop:
                 await self.write(store.finish, r.id, owner, r.epoch, ProcessStatus.STOPPED,
-                                 "temporary process lost with its node")
+                                 "temporary process lost with its node", keys=[(r.label, r.process_id)])
             for i in range(0, len(claim), self.hs.BATCH_SIZE):
                 chunk = claim[i:i + self.hs.BATCH_SIZE]
                 if not self.lease_valid():
                     return
                 incarnation = self.id
-                got = await self.write(store.claim, incarnation, [(r.id, r.epoch) for r in chunk]) or []
+                got = await self.write(store.claim, incarnation, [(r.id, r.epoch) for r in chunk],
+                                       keys=[(r.label, r.process_id) for r in chunk]) or []
                 if not self._current(incarnation):
                     return
                 for row in got:
@@ -692,9 +778,7 @@ class Node:
                     self.lifecycle("took_over", count=len(got), from_node=owner)
 
     async def _sync_own(self) -> None:
-        gen, busy_writes = self._write_gen, self._writes
-        if busy_writes:
-            return
+        gen = self._write_gen
         now = time.monotonic()
         full = now - self._last_full > self.hs.FULL_RESYNC_INTERVAL
         mine = {k: s.epoch for k, s in self.slots.items()}
@@ -704,13 +788,15 @@ class Node:
                 return
         incarnation = self.id
         rows = await self.rt.db(store.rows_for, incarnation, 10_000_000)
-        if gen != self._write_gen or self._writes or not self._current(incarnation):
-            return  # our own write (or a fence) raced the read; look again next time
+        written = self._written_since(gen)
+        if written is None or not self._current(incarnation):
+            return  # an untracked write (or a fence) raced the read; look again next time
         self._last_full = now
         by_key = {(r.label, r.process_id): r for r in rows}
         judged = dict(self.slots)
         mine = {k: s.epoch for k, s in judged.items()}
-        busy = set(self.claiming) | {k for k, s in judged.items() if s.busy}
+        # Keys our own writes touched during the read are judged next time, not from this read.
+        busy = set(self.claiming) | {k for k, s in judged.items() if s.busy} | written
         diff = decisions.diff_own({k: r.epoch for k, r in by_key.items()}, mine, busy)
         for key in diff.kill:
             slot = judged[key]
@@ -721,11 +807,22 @@ class Node:
                            slot.epoch, self.name)
             await slot.kill("superseded", 1.0)
         # The kills were awaited: a start may have activated a row meanwhile (a second instance of
-        # its epoch would be a double activation), or the node may have fenced.
+        # its epoch would be a double activation), or the node may have fenced; rows written since
+        # the read are stale here.
         if not self._current(incarnation):
             return
-        for key in diff.activate:
-            if key[0] in registry.labels_set() and key not in self.slots and key not in self.claiming:
+        written = self._written_since(gen)
+        if written is None:
+            return
+        labels = registry.labels_set()
+        for i, key in enumerate(diff.activate):
+            if i and i % ACTIVATE_SLICE == 0:
+                # 100,000 rows take seconds to activate: let heartbeats, the watchdog and messages in between
+                # (the node once fenced itself here), then re-check what the kills' await re-checks above.
+                await asyncio.sleep(0)
+                if not self._current(incarnation):
+                    return
+            if key[0] in labels and key not in self.slots and key not in self.claiming and key not in written:
                 self._activate(by_key[key])
 
 

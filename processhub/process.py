@@ -178,8 +178,7 @@ class HordeProcess:
     @classmethod
     def call(cls, arg: Any, message: Any, timeout: float | None = None) -> Any:
         """Get-or-start the process, wait for its init, send ``message``; return the reply."""
-        rt = _rt()
-        return rt.run_sync(rt.client.call(cls, arg, message, timeout))
+        return _rt().client.call_blocking(cls, arg, message, timeout)
 
     @classmethod
     async def acall(cls, arg: Any, message: Any, timeout: float | None = None) -> Any:
@@ -189,8 +188,7 @@ class HordeProcess:
     @classmethod
     def cast(cls, arg: Any, message: Any) -> None:
         """Get-or-start the process and send ``message`` without waiting (at most once)."""
-        rt = _rt()
-        rt.run_sync(rt.client.cast(cls, arg, message))
+        _rt().client.cast_blocking(cls, arg, message)
 
     @classmethod
     async def acast(cls, arg: Any, message: Any) -> None:

@@ -12,6 +12,7 @@ import concurrent.futures
 import logging
 import os
 import threading
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -52,15 +53,11 @@ class Runtime:
     def run_sync(self, coro: Awaitable[T], timeout: float | None = None) -> T:
         """Run ``coro`` on the runtime loop from a thread that is not running a loop."""
         try:
-            running = asyncio.get_running_loop()
-        except RuntimeError:
-            running = None
-        if running is not None:
+            refuse_running_loop()
+        except SyncCallFromAsyncContext:
             if hasattr(coro, "close"):
                 coro.close()
-            raise SyncCallFromAsyncContext(
-                "a sync processhub call was made from a running event loop; use the async twin (acall, astart, ...)"
-            )
+            raise
         fut = asyncio.run_coroutine_threadsafe(coro, self.loop)
         try:
             return fut.result(timeout)
@@ -75,14 +72,42 @@ class Runtime:
         return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, self.loop))
 
 
+def refuse_running_loop() -> None:
+    """Raise SyncCallFromAsyncContext in a thread that runs an event loop (a sync call would block it)."""
+    if asyncio._get_running_loop() is not None:
+        raise SyncCallFromAsyncContext(
+            "a sync processhub call was made from a running event loop; use the async twin (acall, astart, ...)"
+        )
+
+
+# A DB thread's connection is checked (and dropped if broken or older than CONN_MAX_AGE) before a call once it
+# has been idle this long, or not checked for CHECK_EVERY; and always after a call that raised.
+IDLE_CHECK = 1.0
+CHECK_EVERY = 30.0
+_db_thread = threading.local()
+
+
 def _with_connection(fn: Callable[..., T], args: tuple) -> T:
-    # Drop connections that errored or outlived CONN_MAX_AGE before and after,
-    # as channels' database_sync_to_async does: a DB restart costs one failed call.
-    close_old_connections()
-    try:
-        return fn(*args)
-    finally:
+    """Run ``fn`` in a DB thread with Django's connection hygiene, as channels' database_sync_to_async does.
+
+    Calling ``close_old_connections()`` around every call (as before issue 4)
+    made Django health-check the connection with an extra ``SELECT 1`` round
+    trip on every statement (CONN_HEALTH_CHECKS). A connection in steady use is
+    skipped; one that was idle is checked first, so a database restart during a
+    quiet period still costs no failed call, and one that errored is dropped.
+    """
+    now = time.monotonic()
+    if now - getattr(_db_thread, "used", -1e9) > IDLE_CHECK or now - getattr(_db_thread, "checked", -1e9) > CHECK_EVERY:
         close_old_connections()
+        _db_thread.checked = now
+    try:
+        result = fn(*args)
+    except BaseException:
+        close_old_connections()
+        _db_thread.used = -1e9
+        raise
+    _db_thread.used = time.monotonic()
+    return result
 
 
 def close_pool_connections(pool: concurrent.futures.ThreadPoolExecutor, workers: int) -> None:

@@ -12,7 +12,7 @@ from datetime import timedelta
 from typing import Any
 
 from django.db import connection, transaction
-from django.db.models import BooleanField, Count, ExpressionWrapper, F, Q, Sum
+from django.db.models import Count, Exists, F, Q, Sum
 from django.db.models.functions import Now
 
 from .models import Node, NodeStatus, Process, ProcessStatus
@@ -124,6 +124,31 @@ def live_nodes() -> list[NodeInfo]:
     return out
 
 
+def live_nodes_and_next_expiry(node_id: str) -> tuple[list[NodeInfo], float | None]:
+    """``live_nodes()``, and in how many seconds (database clock) the first lease of another node runs out.
+
+    A node's reconcile wakes up right then instead of up to RECONCILE_INTERVAL
+    later, so the processes of a node that died are taken over as soon as its
+    lease allows (issue 4: failover). None on SQLite or when no other node is live.
+    """
+    if not _is_pg():
+        return live_nodes(), None
+    with connection.cursor() as cur:
+        cur.execute(f"SELECT id, name, channel, EXTRACT(EPOCH FROM lease_expires_at - now()) FROM {NT} "
+                    f"WHERE status = 'up' AND lease_expires_at > now() ORDER BY name, started_at DESC")
+        rows = cur.fetchall()
+    seen: set[str] = set()
+    out = []
+    first = None
+    for nid, name, channel, left in rows:
+        if nid != node_id:
+            first = left if first is None else min(first, left)  # shadowed incarnations too: they own rows
+        if name not in seen:
+            seen.add(name)
+            out.append(NodeInfo(nid, name, channel))
+    return out, None if first is None else float(first)
+
+
 def same_name_live(node_id: str, name: str) -> list[str]:
     """Other live incarnations under this name, as "host/pid" strings."""
     rows = Node.objects.filter(name=name, status__in=[NodeStatus.UP, NodeStatus.DRAINING],
@@ -184,33 +209,50 @@ def insert_new(node_id: str, items: list[tuple[str, str, Any, str]]) -> dict[tup
     if not items:
         return {}
     now = _now_sql()
-    jsonb = "::jsonb" if _is_pg() else ""
-    values = ",".join(["(%s, %s, %s" + jsonb + ", %s)"] * len(items))
-    params: list[Any] = []
-    for label, pid, arg, restart in items:
-        params += [label, pid, _json(arg), restart]
-    sql = (
+    cols = (
         f"INSERT INTO {PT} (label, process_id, arg, restart, node_id, epoch, status, restarts, last_error, "
         f"started_at, updated_at, metadata) "
-        f"SELECT v.column1, v.column2, v.column3, v.column4, %s, 1, 'running', 0, '', {now}, {now}, '{{}}' "
-        f"FROM (VALUES {values}) AS v "
+    )
+    tail = (
         f"WHERE EXISTS (SELECT 1 FROM {NT} WHERE id = %s AND status = 'up' AND lease_expires_at > {now}) "
         f"ON CONFLICT (label, process_id) DO NOTHING RETURNING label, process_id, id"
     )
+    if _is_pg():
+        # Four array parameters whatever the batch size: psycopg caches the parsed statement, where a
+        # VALUES list of 4 x 500 placeholders was re-parsed in Python on every batch (issue 4: activation).
+        sql = (
+            f"{cols}SELECT v.l, v.p, v.a::jsonb, v.r, %s, 1, 'running', 0, '', {now}, {now}, '{{}}' "
+            f"FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[]) AS v(l, p, a, r) {tail}"
+        )
+        params: list[Any] = [node_id, [i[0] for i in items], [i[1] for i in items],
+                             [_json(i[2]) for i in items], [i[3] for i in items], node_id]
+    else:
+        values = ",".join(["(%s, %s, %s, %s)"] * len(items))
+        sql = (
+            f"{cols}SELECT v.column1, v.column2, v.column3, v.column4, %s, 1, 'running', 0, '', {now}, {now}, "
+            f"'{{}}' FROM (VALUES {values}) AS v {tail}"
+        )
+        params = [node_id]
+        for label, pid, arg, restart in items:
+            params += [label, pid, _json(arg), restart]
+        params.append(node_id)
     with connection.cursor() as cur:
-        cur.execute(sql, [node_id, *params, node_id])
+        cur.execute(sql, params)
         return {(r[0], r[1]): r[2] for r in cur.fetchall()}
 
 
 def lookup_row(label: str, process_id: str) -> tuple | None:
     """(status, id, epoch, node_id, node name, channel, owner alive) of one row, for a start decision."""
-    row = (
-        Process.objects.filter(label=label, process_id=process_id)
-        .annotate(alive=ExpressionWrapper(
-            Q(node__lease_expires_at__gt=Now()) & ~Q(node__status=NodeStatus.DOWN), output_field=BooleanField()))
-        .values_list("status", "id", "epoch", "node_id", "node__name", "node__channel", "alive")
-        .first()
+    # Raw SQL: the same query through the ORM cost ~2 ms of Python per lookup (issue 4: cold fetch, failover).
+    sql = (
+        f"SELECT p.status, p.id, p.epoch, p.node_id, n.name, n.channel, "
+        f"(n.lease_expires_at > {_now_sql()} AND n.status <> 'down') "
+        f"FROM {PT} AS p LEFT JOIN {NT} AS n ON n.id = p.node_id "
+        f"WHERE p.label = %s AND p.process_id = %s"
     )
+    with connection.cursor() as cur:
+        cur.execute(sql, [label, process_id])
+        row = cur.fetchone()
     if row is None:
         return None
     return (*row[:6], bool(row[3] and row[6]))
@@ -233,7 +275,11 @@ def claim(node_id: str, seen: list[tuple[int, int]], restart_from_stopped: bool 
     if not seen:
         return []
     now = _now_sql()
-    lease_ok = f"EXISTS (SELECT 1 FROM {NT} WHERE id = %s AND status = 'up' AND lease_expires_at > {now})"
+    # The status must still be the one the caller saw: a stop that lands between the
+    # read and this claim (it does not bump the epoch) must not be undone.
+    status_ok = "status <> 'running'" if restart_from_stopped else "status = 'running'"
+    lease_ok = (f"{status_ok} AND EXISTS (SELECT 1 FROM {NT} WHERE id = %s AND status = 'up' "
+                f"AND lease_expires_at > {now})")
     extra = ", restarts = 0, last_error = '', handoff = NULL" if restart_from_stopped else ""
     extra_params: list[Any] = []
     if restart_from_stopped:
@@ -242,17 +288,19 @@ def claim(node_id: str, seen: list[tuple[int, int]], restart_from_stopped: bool 
         extra_params.append(_json(arg))
     cols = "id, label, process_id, arg, epoch, restart, handoff"
     if _is_pg():
-        values = ",".join(["(%s::bigint, %s::bigint)"] * len(seen))
+        # Two array parameters whatever the batch size (a statement psycopg parses once; see insert_new).
         sql = (
             f"UPDATE {PT} AS p SET node_id = %s, epoch = p.epoch + 1, status = 'running', "
             f"started_at = {now}, updated_at = {now}{extra} "
-            f"FROM (VALUES {values}) AS v(id, ep) WHERE p.id = v.id AND p.epoch = v.ep AND {lease_ok} "
+            f"FROM unnest(%s::bigint[], %s::bigint[]) AS v(id, ep) "
+            f"WHERE p.id = v.id AND p.epoch = v.ep AND p.{lease_ok} "
+            # A row locked by a frozen zombie's fenced() transaction must not stall the whole
+            # batch: skip it now, take it on a later pass once the lock is gone.
+            f"AND p.id IN (SELECT id FROM {PT} WHERE id = ANY(%s::bigint[]) FOR UPDATE SKIP LOCKED) "
             f"RETURNING p.id, p.label, p.process_id, p.arg, p.epoch, p.restart, p.handoff"
         )
-        params: list[Any] = [node_id, *extra_params]
-        for rid, ep in seen:
-            params += [rid, ep]
-        params.append(node_id)
+        ids = [rid for rid, _ in seen]
+        params: list[Any] = [node_id, *extra_params, ids, [ep for _, ep in seen], node_id, ids]
         with connection.cursor() as cur:
             cur.execute(sql, params)
             return [Row(r[0], r[1], r[2], _load(r[3]), r[4], r[5], _load(r[6])) for r in cur.fetchall()]
@@ -289,8 +337,15 @@ def finish(row_id: int, node_id: str | None, epoch: int, status: str, error: str
 
 
 def move(row_id: int, from_node: str, epoch: int, to_node: str | None, handoff: Any = None) -> int | None:
-    """Hand a row from its live owner to another node (or to nobody): epoch+1, fenced on (owner, epoch)."""
-    n = Process.objects.filter(id=row_id, node_id=from_node, epoch=epoch, status=ProcessStatus.RUNNING).update(
+    """Hand a row from its live owner to another node (or to nobody): epoch+1, fenced on (owner, epoch).
+
+    The target must be up with a valid lease at this very statement: a node that began
+    draining (or died) since the mover chose it would never activate the row.
+    """
+    qs = Process.objects.filter(id=row_id, node_id=from_node, epoch=epoch, status=ProcessStatus.RUNNING)
+    if to_node is not None:
+        qs = qs.filter(Exists(Node.objects.filter(id=to_node, status=NodeStatus.UP, lease_expires_at__gt=Now())))
+    n = qs.update(
         node_id=to_node, epoch=F("epoch") + 1, updated_at=Now(), handoff=handoff
     )
     return epoch + 1 if n == 1 else None
