@@ -7,7 +7,6 @@ on a miss (DESIGN I5); cache entries die with their node (events, live-node set)
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import itertools
 import logging
 import threading
@@ -36,7 +35,7 @@ from .exceptions import (
 from .models import ProcessStatus
 from .placement import choose_item
 from .runtime import refuse_running_loop
-from .transport import FRAMED_SUFFIX
+from .transport import FRAMED_SUFFIX, LoopPublisher
 
 if TYPE_CHECKING:
     from .process import HordeProcess
@@ -85,6 +84,29 @@ class _Blocking:
 
     def wait(self, timeout: float) -> dict | None:
         return self.env if self._lock.acquire(timeout=max(0.0, timeout)) else None
+
+
+class _OtherLoop:
+    """A pending-call entry for a caller on another event loop: the reply is handed over thread-safely."""
+
+    __slots__ = ("loop", "fut")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, fut: asyncio.Future) -> None:
+        self.loop, self.fut = loop, fut
+
+    def done(self) -> bool:
+        return self.fut.done()
+
+    def set_result(self, env: dict) -> None:
+        try:
+            self.loop.call_soon_threadsafe(_resolve, self.fut, env)
+        except RuntimeError:
+            pass  # that loop is closed: nobody waits any more
+
+
+def _resolve(fut: asyncio.Future, env: dict) -> None:
+    if not fut.done():
+        fut.set_result(env)
 
 
 _MISS = object()
@@ -178,10 +200,14 @@ class Client:
                 self.cache.pop((ref.label, ref.process_id), None)
 
     async def db(self, fn, *args):
+        # Bounded (I7): a blackholed database link must not hold a caller past its timeout.
         try:
-            return await self.rt.db(fn, *args)
+            async with asyncio.timeout(self.hs.CALL_TIMEOUT):
+                return await self.rt.db(fn, *args)
         except DatabaseError as exc:
             raise DatabaseUnavailable(f"the registry database failed: {exc}") from exc
+        except TimeoutError:
+            raise DatabaseUnavailable(f"the registry database did not answer within {self.hs.CALL_TIMEOUT}s") from None
 
     def _keep_live_fresh(self) -> None:
         """Refresh the live-node set in the background once it is a heartbeat old (any thread).
@@ -341,8 +367,9 @@ class Client:
             except TimeoutError:
                 raise CallTimeout(f"starting {key[0]} {key[1]!r} timed out") from None
             if reply.get("ok"):
-                ref = ProcessRef.from_wire(reply["ref"], bool(reply.get("created")))
-                self.cache[key] = dataclasses.replace(ref, created=False)
+                d = reply["ref"]
+                ref = ProcessRef.from_wire(d, bool(reply.get("created")))
+                self.cache[key] = ref if not ref.created else ProcessRef.from_wire(d)  # (cheaper than replace())
                 return ref
             if reply.get("err") in (wire.E_FENCED, wire.E_NOT_HERE):
                 # That node lost its lease or is draining: ask the registry again.
@@ -412,6 +439,10 @@ class Client:
             reply = waiter.wait(timeout)
         finally:
             self.pending.pop(corr, None)
+        return self._fast_outcome(key, ref, reply, timeout)
+
+    def _fast_outcome(self, key: tuple[str, str], ref: ProcessRef, reply: dict | None, timeout: float) -> Any:
+        """The value of a fast-path call, _MISS to continue on the loop path, or the error to raise."""
         if reply is None:
             raise CallTimeout(f"call to {key[0]} {key[1]!r} got no reply within {timeout}s")
         if reply.get("ok"):
@@ -424,6 +455,93 @@ class Client:
             # fetch() right after this call already misses (a dict pop is atomic).
             self.cache.pop(key, None)
         raise error_from(reply)
+
+    # ---------------------------------------------------------- any loop
+
+    async def acall(self, cls: type[HordeProcess], arg: Any, message: Any, timeout: float | None = None) -> Any:
+        """``call`` from any event loop.
+
+        On the runtime's loop this is ``call``. On another loop (an ASGI server's)
+        that keeps calling, the request leaves from that loop on its own
+        connection and only the reply hops threads (issue 4: one thread switch per
+        call instead of two). A miss or a retryable answer continues on the runtime loop.
+        """
+        loop = asyncio.get_running_loop()
+        if loop is self.rt.loop:
+            return await self.call(cls, arg, message, timeout)
+        pub = self.rt.transport.loop_publisher(loop)
+        if pub is None:
+            return await self.rt.run_async(self.call(cls, arg, message, timeout))
+        key = self.key_for(cls, arg)
+        self.check_message(message)
+        timeout = timeout or self.hs.CALL_TIMEOUT
+        t0 = time.perf_counter()
+        observe = self.metrics_observe
+        try:
+            value = await self._acall_fast(pub, loop, key, message, timeout)
+        except BaseException as exc:
+            if observe is not None:
+                observe(key[0], wire.CALL, time.perf_counter() - t0, exc)
+            raise
+        if value is not _MISS:
+            if observe is not None:
+                observe(key[0], wire.CALL, time.perf_counter() - t0, None)
+            return value
+        left = max(0.001, timeout - (time.perf_counter() - t0))
+        return await self.rt.run_async(self._send(cls, key, arg, message, left, wire.CALL))
+
+    async def _acall_fast(self, pub: LoopPublisher, loop: asyncio.AbstractEventLoop, key: tuple[str, str],
+                          message: Any, timeout: float) -> Any:
+        ref = self.cached(key)
+        if ref is None:
+            return _MISS
+        self._keep_live_fresh()
+        corr = str(next(self._seq))
+        fut = loop.create_future()
+        self.pending[corr] = _OtherLoop(loop, fut)  # type: ignore[assignment]
+        try:
+            env = {"t": wire.CALL, "l": key[0], "p": key[1], "m": message, "ttl": timeout, "id": corr,
+                   "r": self.reply_channel}
+            if await pub.publish(ref.channel, wire.dumps(env)) == 0:
+                return _MISS
+            timer = loop.call_later(timeout, _expire, fut)
+            try:
+                reply = await fut
+            except TimeoutError:
+                reply = None
+            finally:
+                timer.cancel()
+        finally:
+            self.pending.pop(corr, None)
+        return self._fast_outcome(key, ref, reply, timeout)
+
+    async def acast(self, cls: type[HordeProcess], arg: Any, message: Any) -> None:
+        """``cast`` from any event loop; on another loop than the runtime's, published from that loop."""
+        loop = asyncio.get_running_loop()
+        if loop is self.rt.loop:
+            return await self.cast(cls, arg, message)
+        pub = self.rt.transport.loop_publisher(loop)
+        if pub is None:
+            return await self.rt.run_async(self.cast(cls, arg, message))
+        key = self.key_for(cls, arg)
+        self.check_message(message)
+        ref = self.cached(key)
+        if ref is not None:
+            self._keep_live_fresh()
+            t0 = time.perf_counter()
+            observe = self.metrics_observe
+            try:
+                sent = await pub.publish(ref.channel, wire.dumps({"t": wire.CAST, "l": key[0], "p": key[1],
+                                                                  "m": message}))
+            except BaseException as exc:
+                if observe is not None:
+                    observe(key[0], wire.CAST, time.perf_counter() - t0, exc)
+                raise
+            if sent:
+                if observe is not None:
+                    observe(key[0], wire.CAST, time.perf_counter() - t0, None)
+                return
+        await self.rt.run_async(self._send(cls, key, arg, message, self.hs.CALL_TIMEOUT, wire.CAST))
 
     def cast_blocking(self, cls: type[HordeProcess], arg: Any, message: Any) -> None:
         """``cast`` from a thread that runs no event loop: published from this thread on a cache hit."""
