@@ -302,7 +302,7 @@ class Slot:
             moved = await self._write(store.move, self.row_id, node.id, self.epoch, target and target.id, state)
         node.forget(self, "moved")
         if moved and target is not None:
-            await node.hint_activate(target)
+            await node.hint_activate(target, self.row_id)
             node.lifecycle("moved", self, to_node=target.name, new_epoch=moved)
         await node.ack(item, bool(moved))
         self._fail_waiters(wire.E_NOT_HERE, "moved")

@@ -586,6 +586,7 @@ class Client:
         wait_sleep = cls.wait_sleep if cls.wait_sleep is not None else self.hs.WAIT_SLEEP
         wait_max = cls.wait_max if cls.wait_max is not None else self.hs.WAIT_MAX
         not_here = 0
+        last_owner = None
         use_cache = True
         while True:
             remaining = deadline - loop.time()
@@ -616,7 +617,11 @@ class Client:
             if reply.get("err") in (wire.E_NOT_HERE, wire.E_FENCED):
                 self.forget(ref)
                 use_cache = False
-                not_here += 1
+                # wait_max bounds waiting on one owner; a new owner or epoch (a move in
+                # progress, a drain) is progress and starts the count again.
+                owner = (ref.node_id, ref.epoch)
+                not_here = not_here + 1 if owner == last_owner else 1
+                last_owner = owner
                 if reply.get("err") == wire.E_NOT_HERE and not_here > wait_max + 1:
                     raise ProcessUnavailable(f"{key[0]} {key[1]!r} did not become reachable after {wait_max} waits")
                 await asyncio.sleep(min(wait_sleep, max(0.0, deadline - loop.time())))

@@ -60,6 +60,8 @@ class Node:
         self._queue: list[tuple[tuple[str, str], Any, str, asyncio.Future]] = []
         self._queue_event = asyncio.Event()
         self._poke = asyncio.Event()
+        self._hinted: set[int] = set()  # row ids other nodes moved here
+        self._hint_event = asyncio.Event()
         self._writes = 0
         self._write_gen = 0
         self._unkeyed_writes = 0
@@ -76,7 +78,8 @@ class Node:
     async def start(self) -> None:
         await self._register()
         self.rt.node = self
-        for coro in (self._heartbeat_loop(), self._watchdog_loop(), self._reconcile_loop(), self._start_loop()):
+        for coro in (self._heartbeat_loop(), self._watchdog_loop(), self._reconcile_loop(), self._start_loop(),
+                     self._hint_loop()):
             self._tasks.append(asyncio.create_task(coro))
 
     async def _register(self) -> None:
@@ -387,11 +390,48 @@ class Node:
         except ProcessHubError as exc:
             logger.debug("processhub: event lost: %s", exc)
 
-    async def hint_activate(self, target: store.NodeInfo) -> None:
+    async def hint_activate(self, target: store.NodeInfo, row_id: int | None = None) -> None:
+        """Tell ``target`` a row was moved to it, so it activates now instead of at its next reconcile."""
+        env: dict[str, Any] = {"t": wire.ACTIVATE}
+        if row_id is not None:
+            env["ids"] = [row_id]
         try:
-            await self.rt.transport.publish(target.channel, wire.dumps({"t": wire.ACTIVATE}))
+            await self.rt.transport.publish(target.channel, wire.dumps(env))
         except ProcessHubError:
             pass  # the target's reconcile finds the row anyway
+
+    async def _hint_loop(self) -> None:
+        """Activate rows other nodes moved here (drain, admin move), read back from the database.
+
+        The hint only says which rows to look at; the database decides: a row is
+        activated only if it names this incarnation, and never from a read that one
+        of our own writes to the same key overlapped (same rule as ``_sync_own``).
+        """
+        while True:
+            await self._hint_event.wait()
+            self._hint_event.clear()
+            if not self.lease_valid() or self.leaving:
+                self._hinted.clear()
+                continue
+            ids = list(self._hinted)[: self.hs.BATCH_SIZE]
+            self._hinted.difference_update(ids)
+            if self._hinted:
+                self._hint_event.set()
+            incarnation, gen = self.id, self._write_gen
+            try:
+                rows = await self.rt.db(store.rows_owned, incarnation, ids)
+            except DatabaseError:
+                self._poke.set()  # let the reconcile find them
+                continue
+            written = self._written_since(gen)
+            if written is None or not self._current(incarnation):
+                self._poke.set()
+                continue
+            labels = registry.labels_set()
+            for r in rows:
+                key = (r.label, r.process_id)
+                if key[0] in labels and key not in written and key not in self.claiming and key not in self.slots:
+                    self._activate(r)
 
     def forget(self, slot: Slot, reason: str, crashed: bool = False) -> None:
         if self.slots.get(slot.key) is slot:
@@ -424,7 +464,13 @@ class Node:
             env = wire.loads(data)
             kind = env["t"]
             if kind == wire.ACTIVATE:
-                self._poke.set()
+                ids = env.get("ids")
+                if (isinstance(ids, list) and len(self._hinted) < 100_000
+                        and all(isinstance(i, int) and not isinstance(i, bool) for i in ids)):
+                    self._hinted.update(ids[: self.hs.BATCH_SIZE])
+                    self._hint_event.set()
+                else:
+                    self._poke.set()
                 return
             reply_to = env.get("r")
             corr = env.get("id")
@@ -785,6 +831,10 @@ class Node:
         if not full:
             count, total = await self.rt.db(store.own_digest, self.id)
             if count == len(mine) and total == sum(mine.values()):
+                return
+            if self._written_since(gen) != set():
+                # Our own writes raced the digest (a start burst): a mismatch says nothing, and a full
+                # read of every row here each second made activation quadratic (issue 4). Next time.
                 return
         incarnation = self.id
         rows = await self.rt.db(store.rows_for, incarnation, 10_000_000)

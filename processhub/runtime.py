@@ -135,10 +135,23 @@ _runtime: Runtime | None = None
 _lock = threading.Lock()
 
 
+# This OS process's pid, kept current by a fork hook: os.getpid() is a system call, and get_runtime() runs
+# on every call/cast (issue 4).
+_pid = os.getpid()
+
+
+def _after_fork_in_child() -> None:
+    global _pid
+    _pid = os.getpid()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 def get_runtime() -> Runtime:
     """The runtime of this OS process, started on first use (and again after a fork)."""
     rt = _runtime
-    if rt is not None and rt.pid == os.getpid():
+    if rt is not None and rt.pid == _pid:
         return rt
     with _lock:
         rt = _runtime

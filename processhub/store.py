@@ -258,6 +258,12 @@ def lookup_row(label: str, process_id: str) -> tuple | None:
     return (*row[:6], bool(row[3] and row[6]))
 
 
+def rows_owned(node_id: str, ids: list[int]) -> list[Row]:
+    """Running rows among ``ids`` that name ``node_id`` (the check behind an activate hint)."""
+    qs = Process.objects.filter(id__in=ids, node_id=node_id, status=ProcessStatus.RUNNING)
+    return [Row(*r) for r in qs.values_list("id", "label", "process_id", "arg", "epoch", "restart", "handoff")]
+
+
 def rows_by_id(ids: list[int]) -> list[Row]:
     qs = Process.objects.filter(id__in=ids, status=ProcessStatus.RUNNING)
     return [Row(*r) for r in qs.values_list("id", "label", "process_id", "arg", "epoch", "restart", "handoff")]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import weakref
 from collections import deque
 from collections.abc import Callable
 from typing import Any
@@ -45,6 +46,10 @@ class Transport:
 
     def blocking(self) -> BlockingPublisher | None:
         """A publisher for threads that run no event loop (the sync fast path), or None to hop onto the loop."""
+        return None
+
+    def loop_publisher(self, loop: asyncio.AbstractEventLoop) -> LoopPublisher | None:
+        """A publisher on ``loop`` (not the runtime's: an ASGI server's), or None to hop onto the runtime loop."""
         return None
 
 
@@ -337,6 +342,8 @@ class RedisTransport(Transport):
         self._silent = 0
         self._closed = False
         self._blocking: BlockingPublisher | None = None
+        self._loop_pubs: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+        self._loop_pubs_lock = threading.Lock()
         self._outbox: dict[str, tuple[list[bytes], list[asyncio.Future]]] = {}
         self._flush_soon = False
         self.connected = asyncio.Event()
@@ -378,6 +385,26 @@ class RedisTransport(Transport):
         if self._blocking is None:
             self._blocking = BlockingPublisher(self._endpoint, self.publish_timeout, self.connect_timeout)
         return self._blocking
+
+    def loop_publisher(self, loop: asyncio.AbstractEventLoop) -> LoopPublisher | None:
+        """The publisher of a loop that made LOOP_PUBLISHER_AFTER calls already (short-lived loops get none).
+
+        Keyed weakly by the loop, and holding its connection weakly (the loop itself
+        holds it while it reads), so a loop that is dropped takes its connection along.
+        """
+        try:
+            entry = self._loop_pubs.get(loop)
+            if entry is None:
+                with self._loop_pubs_lock:
+                    entry = self._loop_pubs.setdefault(loop, [0, None])
+        except TypeError:
+            return None  # a loop type that cannot be weakly referenced
+        if entry[1] is None:
+            entry[0] += 1
+            if entry[0] < LOOP_PUBLISHER_AFTER:
+                return None
+            entry[1] = LoopPublisher(self)
+        return entry[1]
 
     async def publish(self, channel: str, data: bytes) -> int:
         conn = self._pub
@@ -585,6 +612,52 @@ class RedisTransport(Transport):
             conn.write(b"*1\r\n$4\r\nPING\r\n")
         except TransportUnavailable:
             conn.abort()
+
+
+# A foreign loop gets its own publisher from its third call on (a loop made per call by async_to_sync never does).
+LOOP_PUBLISHER_AFTER = 3
+
+
+class LoopPublisher:
+    """PUBLISH from an event loop that is not the runtime's (issue 4: acall from an ASGI server's loop).
+
+    ``acall`` on a foreign loop used to hop to the runtime's loop thread and back
+    (two thread switches, ~60 us each on a busy machine); with this, the request
+    leaves from the caller's loop and only the reply hops. One connection per
+    such loop, opened lazily; a publish waiting longer than ``publish_timeout``
+    aborts it, and the next one reconnects.
+    """
+
+    def __init__(self, transport: RedisTransport) -> None:
+        self._transport = transport
+        self._conn: weakref.ref | None = None
+        self._opening: asyncio.Future | None = None
+
+    async def publish(self, channel: str, data: bytes) -> int:
+        conn = self._conn() if self._conn is not None else None
+        if conn is None or conn.lost.done():
+            conn = await self._connect()
+        ch = channel.encode()
+        fut = conn.request(b"*3\r\n$7\r\nPUBLISH\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n" % (len(ch), ch, len(data), data))
+        timer = asyncio.get_running_loop().call_later(self._transport.publish_timeout, conn.abort)
+        try:
+            reply = await fut
+        finally:
+            timer.cancel()
+        if isinstance(reply, RedisReplyError):
+            raise TransportUnavailable(f"Redis refused PUBLISH: {reply}")
+        return reply
+
+    async def _connect(self) -> _Conn:
+        task = self._opening
+        if task is None or task.done():
+            t = self._transport
+            task = self._opening = asyncio.ensure_future(t._open(t._on_pub_reply))
+            task.add_done_callback(_retrieve)
+        conn = await asyncio.shield(task)
+        self._conn = weakref.ref(conn)
+        self._opening = None  # a finished task would hold the connection (and so the loop) strongly
+        return conn
 
 
 class BlockingPublisher:
