@@ -160,11 +160,7 @@ class HordeProcess:
     @classmethod
     def fetch(cls, arg: Any) -> ProcessRef | None:
         """Where the process runs, or None; never starts it."""
-        rt = _rt()
-        ref = rt.client.cached(rt.client.key_for(cls, arg))
-        if ref is not None:
-            return ref
-        return rt.run_sync(rt.client.fetch(cls, arg))
+        return _rt().client.fetch_blocking(cls, arg)
 
     @classmethod
     async def afetch(cls, arg: Any) -> ProcessRef | None:

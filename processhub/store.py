@@ -181,6 +181,22 @@ def lookup(label: str, process_id: str) -> Lookup | None:
     return Lookup(label, process_id, status, epoch, node_id, name, channel, alive)
 
 
+def lookup_many(keys: list[tuple[str, str]]) -> dict[tuple[str, str], Lookup]:
+    """``lookup`` of many (label, process id) keys in one statement; missing keys are absent."""
+    if not _is_pg():
+        return {k: found for k in keys if (found := lookup(*k)) is not None}
+    sql = (
+        f"SELECT p.label, p.process_id, p.status, p.epoch, p.node_id, n.name, n.channel, "
+        f"(n.lease_expires_at > now() AND n.status <> 'down') "
+        f"FROM unnest(%s::text[], %s::text[]) AS k(l, pid) "
+        f"JOIN {PT} AS p ON p.label = k.l AND p.process_id = k.pid LEFT JOIN {NT} AS n ON n.id = p.node_id"
+    )
+    with connection.cursor() as cur:
+        cur.execute(sql, [[k[0] for k in keys], [k[1] for k in keys]])
+        rows = cur.fetchall()
+    return {(r[0], r[1]): Lookup(r[0], r[1], r[2], r[3], r[4], r[5], r[6], bool(r[4] and r[7])) for r in rows}
+
+
 def rows_for(node_id: str | None, limit: int) -> list[Row]:
     qs = Process.objects.filter(status=ProcessStatus.RUNNING, node_id=node_id) if node_id else Process.objects.filter(
         status=ProcessStatus.RUNNING, node__isnull=True
