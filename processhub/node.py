@@ -113,8 +113,9 @@ class Node:
             if self.fenced:
                 continue
             sent = time.monotonic()
+            incarnation = self.id
             budget = max(0.05, self.lease_deadline - sent)
-            fut = loop.run_in_executor(self._hb_pool, _db_call, store.heartbeat, (self.id, self.hs.NODE_TTL))
+            fut = loop.run_in_executor(self._hb_pool, _db_call, store.heartbeat, (incarnation, self.hs.NODE_TTL))
             try:
                 ok = await asyncio.wait_for(fut, budget)
             except TimeoutError:
@@ -130,6 +131,10 @@ class Node:
                 self.metrics_lease(time.monotonic() - sent, "error")
                 continue
             self.metrics_lease(time.monotonic() - sent, "ok" if ok else "refused")
+            if incarnation != self.id:
+                # The answer is about an incarnation that fenced and was replaced while it was in
+                # flight: it says nothing about the current lease (a refusal once fenced the new one).
+                continue
             if ok:
                 self.lease_deadline = max(self.lease_deadline, sent + self.hs.NODE_TTL - self.hs.LEASE_SAFETY_MARGIN)
             elif not self.fenced:
@@ -195,8 +200,10 @@ class Node:
             while self.fenced and not self.draining:
                 try:
                     await self._register()
-                    logger.info("processhub: node %s rejoined as incarnation %s", self.name, self.id)
-                    return
+                    # A fence that landed during the registration found this rejoin in progress
+                    # and did not start another: the loop condition sees it and registers again.
+                    if not self.fenced:
+                        logger.info("processhub: node %s rejoined as incarnation %s", self.name, self.id)
                 except (DatabaseError, ProcessHubError, OSError) as exc:
                     logger.warning("processhub: node %s cannot rejoin yet: %s", self.name, exc)
                     await asyncio.sleep(backoff)
