@@ -88,6 +88,7 @@ class Slot:
         inst = self.cls.__new__(self.cls)
         inst.process_id = self.process_id
         inst.node = self.node.name
+        inst.node_id = self.node.id
         inst.epoch = self.epoch
         inst._slot = self
         inst._exit_reason = None

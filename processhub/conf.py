@@ -49,8 +49,11 @@ DEFAULTS: dict[str, Any] = {
     "MAX_MESSAGE_BYTES": 1_048_576,
     # How many rows a node claims or starts in one statement.
     "BATCH_SIZE": 500,
-    # Port for Prometheus metrics of runhub (None: off).
+    # Port for Prometheus metrics of runhub (None: off), the address it binds, and a bearer token
+    # that metrics_view accepts instead of a logged-in user with the view_metrics permission.
     "METRICS_PORT": None,
+    "METRICS_ADDR": "127.0.0.1",
+    "METRICS_TOKEN": None,
     # Seconds a stopped/failed process row or a dead node row is kept (purge task).
     "RETENTION": 7 * 24 * 3600.0,
 }
@@ -79,6 +82,8 @@ class HubSettings:
     MAX_MESSAGE_BYTES: int
     BATCH_SIZE: int
     METRICS_PORT: int | None
+    METRICS_ADDR: str
+    METRICS_TOKEN: str | None
     RETENTION: float
 
     @property

@@ -42,6 +42,7 @@ class HordeProcess:
     # Set on every activation before init().
     process_id: str
     node: str
+    node_id: str
     epoch: int
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
