@@ -8,6 +8,7 @@ from __future__ import annotations
 import ctypes
 import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -111,6 +112,8 @@ class BenchCluster:
         self.children: list[Child] = []
         self.nodes: dict[str, Child] = {}
         self.db_created = False
+        # With REDIS_URL set, processhub.E004 refuses the demo's fallback key: one random key for the whole run.
+        self.secret_key = os.environ.get("DJANGO_SECRET_KEY") or secrets.token_urlsafe(48)
 
     def env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("PROCESSHUB_")}
@@ -120,6 +123,7 @@ class BenchCluster:
             REDIS_URL=self.redis_url,
             PYTHONUNBUFFERED="1",
             DJANGO_DEBUG="0",  # as in production: no query log, no debug cursor wrapper
+            DJANGO_SECRET_KEY=self.secret_key,
             PROCESSHUB_LOG_LEVEL=os.environ.get("PROCESSHUB_LOG_LEVEL", "WARNING"),
         )
         for key, value in self.settings.items():

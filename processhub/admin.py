@@ -3,8 +3,12 @@
 Registry rows belong to the protocol, so nothing here adds, edits or deletes
 one: the change pages are read-only views. Operators act through actions
 (stop, restart, move, drain) that go through the client API
-(``processhub.admin_actions``), need the model's *change* permission, and are
-recorded in the admin log.
+(``processhub.admin_actions``), each behind a permission of its own
+(``processhub.stop_process``, ``restart_process``, ``move_process``,
+``drain_node``), and are recorded in the admin log. Start arguments and handoff
+state show only with ``processhub.view_process_arguments``; error texts are
+shown with passwords masked. Actions on more than a few rows run in the
+background and report their progress on a ``BulkOperation`` page.
 """
 from __future__ import annotations
 
@@ -14,20 +18,20 @@ from typing import Any
 from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin import helpers
-from django.contrib.auth import get_permission_codename
 from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
 from django.db.models import Count, IntegerField, OuterRef, Q, QuerySet, Subquery
 from django.db.models.functions import Coalesce, Now
-from django.http import HttpRequest
+from django.http import HttpRequest, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.html import format_html
 from django.utils.http import urlencode
 
-from . import admin_actions, overview, registry
+from . import admin_actions, classes, overview
 from .conf import hub_settings
-from .models import Node, NodeStatus, Process, ProcessStatus
+from .masking import mask_text
+from .models import BulkOperation, BulkStatus, Node, NodeStatus, Process, ProcessStatus
 
 # Actions on more rows than this are refused: "select all 100,000" is a mistake, not an operation.
 MAX_ACTION_ROWS = 1000
@@ -51,8 +55,16 @@ def _short(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+def has_perm(request: HttpRequest, codename: str) -> bool:
+    return request.user.has_perm(f"processhub.{codename}")
+
+
+# The permissions that let a user act; each also lets them follow their background operations.
+OPERATE_PERMISSIONS = ("stop_process", "restart_process", "move_process", "drain_node")
+
+
 class RegistryAdmin(admin.ModelAdmin):
-    """Read-only rows; actions need the model's change permission (the custom "operate" check)."""
+    """Read-only rows; each action checks its own permission (``has_<action>_permission``)."""
 
     show_facets = admin.ShowFacets.NEVER  # one COUNT per filter choice is too much on 100,000 rows
 
@@ -64,11 +76,6 @@ class RegistryAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
-
-    def has_operate_permission(self, request: HttpRequest) -> bool:
-        """Running an action needs the model's change permission (editing stays impossible for everyone)."""
-        opts = self.opts
-        return request.user.has_perm(f"{opts.app_label}.{get_permission_codename('change', opts)}")
 
     def report(self, request: HttpRequest, verb: str, outcomes: list[admin_actions.Outcome]) -> None:
         """Log each done row in the admin log and tell the user what happened, with counts."""
@@ -84,7 +91,7 @@ class RegistryAdmin(admin.ModelAdmin):
             detail = "; ".join(f"{o.obj}: {o.message}" for o in skipped[:5])
             self.message_user(request, f"{verb}: {len(skipped)} skipped ({detail}).", messages.WARNING)
         if failed:
-            detail = "; ".join(f"{o.obj}: {o.message}" for o in failed[:5])
+            detail = mask_text("; ".join(f"{o.obj}: {o.message}" for o in failed[:5]))
             self.message_user(request, f"{verb}: {len(failed)} failed ({detail}).", messages.ERROR)
 
     def too_many(self, request: HttpRequest, queryset: QuerySet) -> bool:
@@ -148,7 +155,10 @@ class NodeAdmin(RegistryAdmin):
     def processes_link(self, obj: Node) -> str:
         return format_html('<a href="{}">all processes on this node</a>', process_list_url(node=obj.id))
 
-    @admin.action(description="Drain (move processes away, take no new ones)", permissions=["operate"])
+    def has_drain_permission(self, request: HttpRequest) -> bool:
+        return has_perm(request, "drain_node")
+
+    @admin.action(description="Drain (move processes away, take no new ones)", permissions=["drain"])
     def drain(self, request: HttpRequest, queryset: QuerySet) -> None:
         if self.too_many(request, queryset):
             return
@@ -185,7 +195,7 @@ class LabelFilter(admin.SimpleListFilter):
     parameter_name = "label"
 
     def lookups(self, request, model_admin):
-        return [(label, label) for label in registry.labels()]
+        return [(label, label) for label in classes.labels()]
 
     def queryset(self, request, queryset):
         return queryset.filter(label=self.value()) if self.value() else queryset
@@ -242,13 +252,32 @@ class ProcessAdmin(RegistryAdmin):
             return "-"
         return format_html('<a href="{}">{}</a>', process_list_url(node=obj.node_id), obj.node.name)
 
+    def has_stop_permission(self, request: HttpRequest) -> bool:
+        return has_perm(request, "stop_process")
+
+    def has_restart_permission(self, request: HttpRequest) -> bool:
+        return has_perm(request, "restart_process")
+
+    def has_move_permission(self, request: HttpRequest) -> bool:
+        return has_perm(request, "move_process")
+
+    def has_view_arguments_permission(self, request: HttpRequest) -> bool:
+        return has_perm(request, "view_process_arguments")
+
+    def get_fieldsets(self, request: HttpRequest, obj: Any = None):
+        if self.has_view_arguments_permission(request):
+            return self.fieldsets
+        hidden = {"arg_json", "handoff_json"}
+        return [(name, {**opts, "fields": tuple(f for f in opts["fields"] if f not in hidden)})
+                for name, opts in self.fieldsets]
+
     @admin.display(description="last error")
     def error(self, obj: Process) -> str:
-        return _short(_last_line(obj.last_error), 80)
+        return _short(error_line(obj.last_error), 80)
 
     @admin.display(description="metadata")
     def meta(self, obj: Process) -> str:
-        return _short(json.dumps(obj.metadata, sort_keys=True), 60) if obj.metadata else ""
+        return _short(mask_text(json.dumps(obj.metadata, sort_keys=True)), 60) if obj.metadata else ""
 
     @admin.display(description="start argument")
     def arg_json(self, obj: Process) -> str:
@@ -256,7 +285,7 @@ class ProcessAdmin(RegistryAdmin):
 
     @admin.display(description="metadata")
     def metadata_json(self, obj: Process) -> str:
-        return _pre(json.dumps(obj.metadata, indent=2, sort_keys=True))
+        return _pre(mask_text(json.dumps(obj.metadata, indent=2, sort_keys=True)))
 
     @admin.display(description="handoff state")
     def handoff_json(self, obj: Process) -> str:
@@ -264,26 +293,43 @@ class ProcessAdmin(RegistryAdmin):
 
     @admin.display(description="last error")
     def last_error_pre(self, obj: Process) -> str:
-        return _pre(obj.last_error) if obj.last_error else "-"
+        return _pre(mask_text(obj.last_error)) if obj.last_error else "-"
 
-    @admin.action(description="Stop", permissions=["operate"])
-    def stop(self, request: HttpRequest, queryset: QuerySet) -> None:
-        if not self.too_many(request, queryset):
-            self.report(request, "stop", admin_actions.stop_processes(list(queryset)))
+    @admin.action(description="Stop", permissions=["stop"])
+    def stop(self, request: HttpRequest, queryset: QuerySet) -> HttpResponseRedirect | None:
+        return self.run_action(request, queryset, "stop")
 
-    @admin.action(description="Restart (stop + start)", permissions=["operate"])
-    def restart(self, request: HttpRequest, queryset: QuerySet) -> None:
-        if not self.too_many(request, queryset):
-            self.report(request, "restart", admin_actions.restart_processes(list(queryset)))
+    @admin.action(description="Restart (stop + start)", permissions=["restart"])
+    def restart(self, request: HttpRequest, queryset: QuerySet) -> HttpResponseRedirect | None:
+        return self.run_action(request, queryset, "restart")
 
-    @admin.action(description="Move to the chosen node", permissions=["operate"])
-    def move(self, request: HttpRequest, queryset: QuerySet) -> None:
+    @admin.action(description="Move to the chosen node", permissions=["move"])
+    def move(self, request: HttpRequest, queryset: QuerySet) -> HttpResponseRedirect | None:
         to_node = request.POST.get("to_node", "")
         if not to_node:
             self.message_user(request, "Choose a live node in “Move to node” first.", messages.ERROR)
-            return
-        if not self.too_many(request, queryset):
-            self.report(request, "move", admin_actions.move_processes(list(queryset), to_node))
+            return None
+        return self.run_action(request, queryset, "move", to_node)
+
+    def run_action(self, request: HttpRequest, queryset: QuerySet, kind: str,
+                   to_node: str = "") -> HttpResponseRedirect | None:
+        """A few rows: act now and report. More: start a background operation and show its progress page."""
+        if self.too_many(request, queryset):
+            return None
+        objs = list(queryset)
+        if len(objs) <= admin_actions.INLINE_MAX_ROWS:
+            inline = {
+                "stop": lambda: admin_actions.stop_processes(objs),
+                "restart": lambda: admin_actions.restart_processes(objs),
+                "move": lambda: admin_actions.move_processes(objs, to_node),
+            }
+            self.report(request, kind, inline[kind]())
+            return None
+        op = admin_actions.start_bulk(kind, objs, request.user, to_node)
+        url = reverse("admin:processhub_bulkoperation_change", args=[op.pk])
+        self.message_user(request, f"{kind}: {len(objs)} processes, in the background (progress below).",
+                          messages.INFO)
+        return HttpResponseRedirect(url)
 
     def get_urls(self):
         return [
@@ -325,7 +371,7 @@ class ProcessAdmin(RegistryAdmin):
             ],
             "status_links": [(s, summary.totals.get(s, 0), process_list_url(status__exact=s))
                              for s in summary.statuses],
-            "failures": [(p, reverse("admin:processhub_process_change", args=[p.pk]), _last_line(p.last_error))
+            "failures": [(p, reverse("admin:processhub_process_change", args=[p.pk]), error_line(p.last_error))
                          for p in failures[:per_page]],
             "fpage": fpage,
             "fprev": fpage - 1 if fpage > 1 else None,
@@ -339,12 +385,58 @@ class ProcessAdmin(RegistryAdmin):
         return TemplateResponse(request, "admin/processhub/overview.html", context)
 
 
+# ====================================================================== background operations
+
+
+@admin.register(BulkOperation)
+class BulkOperationAdmin(admin.ModelAdmin):
+    """Progress of the actions that run in the background; the page refreshes itself while one runs."""
+
+    list_display = ("id", "kind", "target", "status", "progress", "failed", "created_by", "created_at", "updated_at")
+    list_filter = ("status", "kind")
+    list_select_related = ("created_by",)
+    fields = ("kind", "target", "status", "progress", "total", "done", "skipped", "failed", "errors_pre",
+              "created_by", "created_at", "updated_at")
+    readonly_fields = fields
+
+    def has_view_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        # Whoever may start an operation may follow it, without a separate grant.
+        return super().has_view_permission(request, obj) or any(has_perm(request, p) for p in OPERATE_PERMISSIONS)
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    @admin.display(description="progress")
+    def progress(self, obj: BulkOperation) -> str:
+        return format_html('<progress value="{}" max="{}"></progress> {} / {}', obj.finished, obj.total,
+                           obj.finished, obj.total)
+
+    @admin.display(description="failures")
+    def errors_pre(self, obj: BulkOperation) -> str:
+        return _pre(mask_text(obj.errors)) if obj.errors else "-"
+
+    def change_view(self, request: HttpRequest, object_id: str, form_url: str = "", extra_context=None):
+        extra_context = {**(extra_context or {}), "running_status": BulkStatus.RUNNING}
+        return super().change_view(request, object_id, form_url, extra_context)
+
+
 def _last_line(text: str) -> str:
     """The exception line of a traceback (its last non-empty line)."""
     for line in reversed(text.splitlines()):
         if line.strip():
             return line.strip()
     return ""
+
+
+def error_line(text: str) -> str:
+    """The exception line of a stored traceback, passwords masked (it may name a REDIS_URL or DATABASE_URL)."""
+    return mask_text(_last_line(text))
 
 
 def _pre(text: str) -> str:

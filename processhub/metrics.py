@@ -12,16 +12,23 @@ What each OS process exports:
   of calls and casts (``processhub_client_seconds``, ``processhub_client_errors_total``).
 * ``render_latest()`` / ``metrics_view``: all of the above for this OS process
   plus ``processhub_processes{node,label,status}`` and ``processhub_nodes{status}``
-  counted in SQL at scrape time, meant for one web process (every node
-  exporting them would count the same rows N times).
+  counted in SQL (at most once per ``REGISTRY_COUNTS_TTL`` seconds per OS
+  process, however often it is scraped), meant for one web process (every
+  node exporting them would count the same rows N times).
+
+Who may read them: ``runhub``'s port listens on ``METRICS_ADDR`` (loopback by
+default); ``metrics_view`` answers a user with ``processhub.view_metrics`` or a
+request carrying ``Authorization: Bearer <METRICS_TOKEN>``, else 401/403.
 
 Hot path: a call costs one dict lookup and one ``Histogram.observe`` (about a
 microsecond) on each side; label children are cached per (class, kind).
 """
 from __future__ import annotations
 
+import hmac
 import logging
 import threading
+import time
 import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -85,7 +92,7 @@ def enabled() -> bool:
 class NodeCollector:
     """``processhub_activations`` and ``processhub_node_lease_valid`` of the nodes in this OS process, at scrape time.
 
-    Counted from ``node.slots`` when scraped, so nothing is done per start or stop.
+    Counted by ``node.activation_counts()`` when scraped, so nothing is done per start or stop.
     """
 
     def collect(self):
@@ -97,36 +104,65 @@ class NodeCollector:
         with _nodes_lock:
             nodes = list(_nodes)
         for node in nodes:
-            counts: dict[str, int] = {}
-            # A copy: the loop thread changes slots while the HTTP thread reads them.
-            for slot in list(node.slots.values()):
-                counts[slot.label] = counts.get(slot.label, 0) + 1
-            for label, n in sorted(counts.items()):
+            for label, n in sorted(node.activation_counts().items()):
                 activations.add_metric([node.name, label], n)
             lease.add_metric([node.name], 1.0 if node.lease_valid() else 0.0)
         yield activations
         yield lease
 
 
+# The registry's counts are a GROUP BY over every process row: read at most this often per OS process, so
+# a scrape storm (several Prometheus replicas, a short scrape interval, a reload loop) costs no more (issue 9).
+REGISTRY_COUNTS_TTL = 10.0
+_counts_lock = threading.Lock()
+_counts: tuple[float, list[tuple[str, str, str, int]], list[tuple[str, int]]] | None = None
+
+
+def registry_counts(now: float | None = None) -> tuple[list[tuple[str, str, str, int]], list[tuple[str, int]]]:
+    """(node name, label, status, n) of the process rows and (status, n) of the node rows, cached for a while.
+
+    Two GROUP BY queries when the cached counts are older than
+    ``REGISTRY_COUNTS_TTL`` (``now`` is ``time.monotonic()``); concurrent
+    scrapes wait for the one that counts instead of counting again.
+    """
+    global _counts
+    from django.db.models import Count
+
+    from .models import Node, Process
+
+    now = time.monotonic() if now is None else now
+    with _counts_lock:
+        if _counts is not None and now - _counts[0] < REGISTRY_COUNTS_TTL:
+            return _counts[1], _counts[2]
+        processes = [(name or "", label, status, n) for name, label, status, n in
+                     Process.objects.order_by().values_list("node__name", "label", "status").annotate(n=Count("id"))]
+        nodes = list(Node.objects.order_by().values_list("status").annotate(n=Count("id")))
+        _counts = (now, processes, nodes)
+        return processes, nodes
+
+
+def clear_registry_counts() -> None:
+    """Forget the cached counts (tests; the next scrape counts again)."""
+    global _counts
+    with _counts_lock:
+        _counts = None
+
+
 class RegistryCollector:
-    """Process rows by node, class and status, and node rows by status: two GROUP BY queries per scrape."""
+    """Process rows by node, class and status, and node rows by status (``registry_counts()``)."""
 
     def collect(self):
-        from django.db.models import Count
-
-        from .models import Node, Process
-
+        process_rows, node_rows = registry_counts()
         processes = GaugeMetricFamily(
             "processhub_processes", "Process rows in the registry by node name ('' = none), class and status.",
             labels=["node", "label", "status"],
         )
-        rows = Process.objects.order_by().values_list("node__name", "label", "status").annotate(n=Count("id"))
-        for node_name, label, status, n in rows:
-            processes.add_metric([node_name or "", label, status], n)
+        for node_name, label, status, n in process_rows:
+            processes.add_metric([node_name, label, status], n)
         yield processes
         nodes = GaugeMetricFamily("processhub_nodes", "Node incarnations in the registry by status.",
                                   labels=["status"])
-        for status, n in Node.objects.order_by().values_list("status").annotate(n=Count("id")):
+        for status, n in node_rows:
             nodes.add_metric([status], n)
         yield nodes
 
@@ -170,6 +206,14 @@ def instrument(node: Node) -> None:
 
 
 def _on_lifecycle(event: str, node: Node, slot: Any, **extra: Any) -> None:
+    if event in ("node_up", "node_down"):
+        # A node that shut down leaves the scrape (a new one of the same name must not share its gauges with
+        # a stale lease_valid 0); a fenced one stays, showing 0, and is back with its node_up.
+        with _nodes_lock:
+            if event == "node_up":
+                _nodes.add(node)
+            elif extra.get("reason") == "shutdown":
+                _nodes.discard(node)
     if event == "restarted":
         RESTARTS.labels(node.name, slot.label).inc()
     elif event == "crashed":
@@ -199,8 +243,12 @@ def client_observer() -> Callable[[str, str, float, BaseException | None], None]
     return observe
 
 
-def start_http_server(port: int, addr: str = "0.0.0.0") -> None:
-    """Serve this OS process's metrics on ``port`` (runhub's METRICS_PORT)."""
+def start_http_server(port: int, addr: str = "127.0.0.1") -> None:
+    """Serve this OS process's metrics on ``addr:port`` (runhub's METRICS_ADDR and METRICS_PORT), without auth.
+
+    Loopback by default: anything that can reach the port reads the metrics, so
+    bind it to an address only your Prometheus can reach.
+    """
     if prom is None:
         raise ImproperlyConfigured("PROCESSHUB METRICS_PORT needs prometheus-client: pip install processhub[metrics]")
     _register_node_collector()
@@ -222,7 +270,38 @@ def render_latest(registry_counts: bool = True) -> bytes:
 
 
 def metrics_view(request: HttpRequest) -> HttpResponse:
-    """A Django view of ``render_latest()``; route it where only your Prometheus can reach it."""
+    """A Django view of ``render_latest()`` for a user with ``processhub.view_metrics`` or a METRICS_TOKEN bearer.
+
+    A bearer token that does not match is 401 (whatever the session); a
+    logged-in user without the permission is 403; anybody else is 401.
+    """
     from django.http import HttpResponse
 
+    refusal = _refusal(request)
+    if refusal is not None:
+        return refusal
     return HttpResponse(render_latest(), content_type=prom.CONTENT_TYPE_LATEST if prom else "text/plain")
+
+
+def _refusal(request: HttpRequest) -> HttpResponse | None:
+    from django.http import HttpResponse
+
+    from .conf import hub_settings
+
+    scheme, _, credentials = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() == "bearer":
+        token = hub_settings().METRICS_TOKEN
+        # Constant time: the comparison must not tell how many leading characters were right.
+        if token and hmac.compare_digest(credentials.strip().encode(), str(token).encode()):
+            return None
+        response = HttpResponse("invalid metrics token\n", status=401, content_type="text/plain")
+        response["WWW-Authenticate"] = 'Bearer realm="processhub metrics", error="invalid_token"'
+        return response
+    user = getattr(request, "user", None)
+    if user is not None and user.is_authenticated:
+        if user.has_perm("processhub.view_metrics"):
+            return None
+        return HttpResponse("needs the processhub.view_metrics permission\n", status=403, content_type="text/plain")
+    response = HttpResponse("authentication required\n", status=401, content_type="text/plain")
+    response["WWW-Authenticate"] = 'Bearer realm="processhub metrics"'
+    return response

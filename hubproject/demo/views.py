@@ -3,9 +3,25 @@ from django.shortcuts import redirect, render
 from django.views.decorators.http import require_http_methods
 
 from processhub.exceptions import ProcessHubError
+from processhub.masking import mask_text
 from processhub.models import Node, NodeStatus, Process
 
 from .processes import ChatRoom, Counter
+
+GENERIC_ERROR = "The process could not answer this request; please try again."
+
+
+def describe_error(request, exc: ProcessHubError) -> dict[str, str]:
+    """The exception type and a generic sentence for visitors; its text and remote traceback for staff.
+
+    A remote traceback or a connection error can name code, data or hosts that
+    visitors have no business seeing (issue 9); staff see them with passwords masked.
+    """
+    if not request.user.is_staff:
+        return {"type": type(exc).__name__, "message": GENERIC_ERROR, "traceback": ""}
+    message = str(exc.args[0]) if exc.args else ""
+    return {"type": type(exc).__name__, "message": mask_text(message),
+            "traceback": mask_text(getattr(exc, "remote_traceback", "") or "")}
 
 
 def index(request):
@@ -26,7 +42,7 @@ def counter(request, name):
         op = request.POST.get("op", "get") if request.method == "POST" else "get"
         state = Counter.call(name, {"op": op})
     except ProcessHubError as exc:
-        state, error = None, f"{type(exc).__name__}: {exc}"
+        state, error = None, describe_error(request, exc)
     return render(request, "demo/counter.html", {"name": name, "state": state, "error": error})
 
 
@@ -37,5 +53,5 @@ def room(request, name):
         message = {"op": "post", "text": request.POST.get("text", "")} if request.method == "POST" else {"op": "get"}
         state = ChatRoom.call(name, message)
     except ProcessHubError as exc:
-        state, error = None, f"{type(exc).__name__}: {exc}"
+        state, error = None, describe_error(request, exc)
     return render(request, "demo/room.html", {"name": name, "state": state, "error": error})

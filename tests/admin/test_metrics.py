@@ -53,20 +53,21 @@ def test_node_and_client_metrics(embedded):
     wait_for(lambda: value("processhub_lease_renewals_total", node=node.name, result="ok") > renewals, 5,
              "a heartbeat")
     assert value("processhub_lease_renewal_seconds_count", node=node.name) > 0
-    assert value("processhub_activations", node=node.name, label=Echo.label) == sum(
-        1 for s in node.slots.values() if s.label == Echo.label) == 1
+    activations = value("processhub_activations", node=node.name, label=Echo.label)
+    assert activations == node.activation_counts()[Echo.label] == 1
     assert value("processhub_node_lease_valid", node=node.name) == 1.0
 
 
 @pytest.mark.django_db
-def test_registry_counts_and_view(client):
+def test_registry_counts_and_view(admin_client):
     a, b = make_node("alpha"), make_node("beta")
     make_processes([a, b], 40, failed_every=10)
+    metrics.clear_registry_counts()
     got = samples(metrics.render_latest().decode())
     assert got[("processhub_processes", (("label", "hubtest.Echo"), ("node", "alpha"), ("status", "running")))] == 16
     assert got[("processhub_processes", (("label", "hubtest.Echo"), ("node", ""), ("status", "failed")))] == 4
     assert got[("processhub_nodes", (("status", "up"),))] == 2
-    response = metrics.metrics_view(None)
+    response = admin_client.get("/metrics/")
     assert response.status_code == 200 and response["Content-Type"].startswith("text/plain")
     assert b"processhub_processes" in response.content
 

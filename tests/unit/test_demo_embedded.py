@@ -44,7 +44,7 @@ def test_channels_transport_over_in_memory_layer(transactional_db):
 
 
 def test_metrics_page_is_staff_only(embedded_web, admin_user):
-    assert embedded_web.get("/metrics/").status_code == 302
+    assert embedded_web.get("/metrics/").status_code == 401
     embedded_web.force_login(admin_user)
     r = embedded_web.get("/metrics/")
     assert r.status_code == 200 and b"processhub" in r.content

@@ -1,10 +1,16 @@
-"""``manage.py hubstatus``: the cluster's nodes and process counts, as a table or as JSON."""
+"""``manage.py hubstatus``: the cluster's nodes and process counts, as a table or as JSON.
+
+It names the transport and database it read them through, passwords masked
+(``processhub.masking``), as are database errors.
+"""
 import json
 
-from django.core.management.base import BaseCommand
+from django.core.management.base import BaseCommand, CommandError
+from django.db import DatabaseError, connection
 
 from processhub import overview
 from processhub.conf import hub_settings
+from processhub.masking import mask_text, mask_url
 
 
 def _table(headers: list[str], rows: list[list[str]], right: set[int]) -> list[str]:
@@ -25,7 +31,10 @@ class Command(BaseCommand):
         parser.add_argument("--all-nodes", action="store_true", help="Include nodes that are down (history).")
 
     def handle(self, *args, as_json=False, all_nodes=False, **options):
-        s = overview.summary(hub_settings().HEARTBEAT_INTERVAL, include_down=all_nodes)
+        try:
+            s = overview.summary(hub_settings().HEARTBEAT_INTERVAL, include_down=all_nodes)
+        except DatabaseError as exc:
+            raise CommandError(f"cannot read the registry: {mask_text(str(exc))}") from None
         if as_json:
             self.stdout.write(_dumps(s))
             return
@@ -43,7 +52,20 @@ class Command(BaseCommand):
                       set(range(1, len(s.statuses) + 2)))
         if s.unowned:
             out += ["", f"{s.unowned} running processes wait for a live node (their owner is gone)."]
+        where = _where()
+        out += ["", f"Transport: {where['transport']} {where['redis_url']}".rstrip(), f"Database: {where['database']}"]
         self.stdout.write("\n".join(out))
+
+
+def _where() -> dict[str, str]:
+    """The transport and database this command read, without passwords."""
+    hs = hub_settings()
+    db = connection.settings_dict
+    host = f"{db.get('HOST') or 'localhost'}:{db['PORT']}" if db.get("PORT") else (db.get("HOST") or "")
+    user = f"{db['USER']}@" if db.get("USER") else ""
+    name = f"{user}{host}/{db.get('NAME')}" if host else str(db.get("NAME"))
+    return {"transport": hs.transport, "redis_url": mask_url(hs.REDIS_URL) if hs.transport == "redis" else "",
+            "database": f"{connection.vendor} {name}"}
 
 
 def _dumps(s: overview.Summary) -> str:
@@ -58,5 +80,6 @@ def _dumps(s: overview.Summary) -> str:
         "totals": s.totals,
         "running": s.running,
         "unowned": s.unowned,
+        **_where(),
     }
     return json.dumps(data, indent=2, sort_keys=True)
