@@ -15,7 +15,7 @@ class Bench(HordeProcess):
             if op == "where":
                 return self.node
             if op == "stats":
-                return {"casts": self.casts, "slots": len(self._slot.node.slots), "node": self.node}
+                return {"casts": self.casts, "slots": len(self._activation.host.activations), "node": self.node}
         return message
 
     async def handle_cast(self, message: Any) -> None:

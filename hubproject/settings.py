@@ -5,6 +5,12 @@ Two shapes, chosen by the environment:
 * no ``DATABASE_URL`` / ``REDIS_URL``: SQLite and an in-process transport, with one
   hub node embedded in the web server process (the "embedded default");
 * ``DATABASE_URL`` (PostgreSQL) and ``REDIS_URL``: any number of ``runhub`` nodes.
+  Then the defaults are production ones: ``DEBUG`` off, HTTPS only (redirect,
+  secure cookies, HSTS), so that ``manage.py check --deploy`` passes once
+  ``DJANGO_SECRET_KEY`` and ``DJANGO_ALLOWED_HOSTS`` are set (issue 9).
+
+``DEBUG`` is on only in the embedded shape, or when ``DJANGO_DEBUG=1`` asks
+for it (``DJANGO_DEBUG=0`` turns it off in the embedded shape too).
 
 Every ``PROCESSHUB`` key can also be set from the environment as
 ``PROCESSHUB_<KEY>`` (numbers are parsed), which is how the test-suite and the
@@ -18,9 +24,36 @@ import dj_database_url
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
+
+def _env_flag(name: str, default: bool) -> bool:
+    value = os.environ.get(name, "").strip().lower()
+    return default if not value else value in ("1", "true", "yes", "on")
+
+
+DATABASE_URL = os.environ.get("DATABASE_URL", "")
+REDIS_URL = os.environ.get("REDIS_URL", "")
+EMBEDDED_DEMO = not DATABASE_URL and not REDIS_URL
+
+# With REDIS_URL set, processhub.E004 refuses this fallback: every node and web server needs the real key.
 SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY", "insecure-demo-key-change-me")
-DEBUG = os.environ.get("DJANGO_DEBUG", "1") == "1"
+DEBUG = _env_flag("DJANGO_DEBUG", EMBEDDED_DEMO)
 ALLOWED_HOSTS = os.environ.get("DJANGO_ALLOWED_HOSTS", "127.0.0.1,localhost,[::1],testserver").split(",")
+
+# HTTPS only, unless this is the embedded demo or a debugging session (DJANGO_HTTPS=0/1 decides otherwise).
+HTTPS = _env_flag("DJANGO_HTTPS", not EMBEDDED_DEMO and not DEBUG)
+SECURE_SSL_REDIRECT = HTTPS
+SESSION_COOKIE_SECURE = HTTPS
+CSRF_COOKIE_SECURE = HTTPS
+SECURE_HSTS_SECONDS = int(os.environ.get("DJANGO_HSTS_SECONDS", 31_536_000 if HTTPS else 0))
+# includeSubDomains and preload, as the deploy checks ask; DJANGO_HSTS_PRELOAD=0 when a subdomain serves plain HTTP.
+SECURE_HSTS_INCLUDE_SUBDOMAINS = SECURE_HSTS_PRELOAD = _env_flag("DJANGO_HSTS_PRELOAD", True)
+if _env_flag("DJANGO_BEHIND_PROXY", False):
+    # TLS ends at a proxy that sets X-Forwarded-Proto (and strips it from clients' requests).
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+CSRF_TRUSTED_ORIGINS = [o for o in os.environ.get("DJANGO_CSRF_TRUSTED_ORIGINS", "").split(",") if o]
+# Error pages and e-mails without the passwords of DATABASE_URL / REDIS_URL / CELERY_BROKER_URL.
+DEFAULT_EXCEPTION_REPORTER = "processhub.reporting.MaskingExceptionReporter"
+DEFAULT_EXCEPTION_REPORTER_FILTER = "processhub.reporting.MaskingExceptionReporterFilter"
 
 INSTALLED_APPS = [
     "daphne",
@@ -64,7 +97,6 @@ TEMPLATES = [
 WSGI_APPLICATION = "hubproject.wsgi.application"
 ASGI_APPLICATION = "hubproject.asgi.application"
 
-DATABASE_URL = os.environ.get("DATABASE_URL", "")
 if DATABASE_URL:
     DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=None, conn_health_checks=True)}
     if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
@@ -78,9 +110,6 @@ if DATABASE_URL:
                 "keepalives_interval": 1,
                 "keepalives_count": 2,
                 "tcp_user_timeout": 4000,
-                # A paused node inside a fenced() transaction holds a row lock: bound what
-                # others wait for it, and end its session (and so its lock) when it idles.
-                "options": "-c lock_timeout=3000 -c idle_in_transaction_session_timeout=10000",
             }
         )
 else:
@@ -95,8 +124,6 @@ else:
             },
         }
     }
-
-REDIS_URL = os.environ.get("REDIS_URL", "")
 
 if REDIS_URL:
     CHANNEL_LAYERS = {
@@ -142,7 +169,9 @@ LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    # Passwords of REDIS_URL/DATABASE_URL never reach the log, whoever logs the URL or the exception.
+    "filters": {"mask_secrets": {"()": "processhub.masking.MaskSecretsFilter"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain", "filters": ["mask_secrets"]}},
     "loggers": {
         # propagate=False: Celery workers also attach a root handler; one line per event is enough.
         "processhub": {

@@ -10,8 +10,11 @@ class ProcessHubConfig(AppConfig):
 
     def ready(self) -> None:
         from . import checks  # noqa: F401  (registers system checks)
+        from .embedded import start_node
         from .process import register_pending
+        from .runtime import set_embedded_starter
 
         register_pending()
         autodiscover_modules("processes")
         register_pending()
+        set_embedded_starter(start_node)

@@ -1,7 +1,8 @@
-"""The registry of HordeProcess classes, by stable label (``app_label.ClassName``).
+"""The HordeProcess classes this OS process knows, by stable label (``app_label.ClassName``).
 
 Only classes registered here can be started; the wire carries labels, never
-import paths (DESIGN I8).
+import paths (DESIGN I8). A node advertises its labels in its row, so placement
+never sends a process to a node that cannot run its class.
 """
 from __future__ import annotations
 

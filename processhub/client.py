@@ -7,22 +7,20 @@ on a miss (DESIGN I5); cache entries die with their node (events, live-node set)
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
+import os
 import threading
 import time
 import uuid
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from django.db import DatabaseError
 
-from . import metrics, store, wire
+from . import classes, metrics, placement, store, wire
 from .conf import hub_settings
 from .exceptions import (
     CallTimeout,
     DatabaseUnavailable,
-    Fenced,
     InvalidArgument,
     InvalidMessage,
     NoLiveNodes,
@@ -30,12 +28,12 @@ from .exceptions import (
     ProcessHubError,
     ProcessNotRunning,
     ProcessUnavailable,
+    SyncCallFromAsyncContext,
     UnknownProcessClass,
 )
-from .models import ProcessStatus
-from .placement import choose_item
-from .runtime import refuse_running_loop
+from .logs import Throttled
 from .transport import FRAMED_SUFFIX, LoopPublisher
+from .values import RUNNING, Lookup, NodeInfo, ProcessRef
 
 if TYPE_CHECKING:
     from .process import HordeProcess
@@ -44,25 +42,17 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True, slots=True)
-class ProcessRef:
-    """Where one activation of a process runs: its id, node and epoch."""
+def refuse_running_loop() -> None:
+    """Raise SyncCallFromAsyncContext in a thread that runs an event loop (a sync call would block it)."""
+    if asyncio._get_running_loop() is not None:
+        raise SyncCallFromAsyncContext(
+            "a sync processhub call was made from a running event loop; use the async twin (acall, astart, ...)"
+        )
 
-    label: str
-    process_id: str
-    node: str
-    node_id: str
-    epoch: int
-    created: bool = False
-    channel: str = field(default="", repr=False, compare=False)
 
-    def as_wire(self) -> dict:
-        return {"l": self.label, "p": self.process_id, "n": self.node, "ni": self.node_id, "e": self.epoch,
-                "c": self.channel}
-
-    @classmethod
-    def from_wire(cls, d: dict, created: bool = False) -> ProcessRef:
-        return cls(d["l"], d["p"], d["n"], d["ni"], d["e"], created, d["c"])
+def new_correlation_id() -> str:
+    """An unguessable id for one request: a forged reply cannot be matched to a waiting call by guessing."""
+    return os.urandom(12).hex()
 
 
 class _Blocking:
@@ -153,9 +143,9 @@ class Client:
         self.events_channel = f"{hs.PREFIX}.events"
         self.pending: dict[str, asyncio.Future] = {}
         self.cache: dict[tuple[str, str], ProcessRef] = {}
-        self.live: dict[str, store.NodeInfo] = {}
+        self.live: dict[str, NodeInfo] = {}
         self.live_at = -1e9
-        self._seq = itertools.count()
+        self._log = Throttled(logger)
         self._blocking = rt.transport.blocking()  # None: sync callers hop onto the loop
         self._refreshing = False
         self._nodes_query: asyncio.Future | None = None
@@ -172,17 +162,18 @@ class Client:
 
     def _on_reply(self, data: bytes) -> None:
         try:
-            env = wire.loads(data)
-        except InvalidMessage:
-            logger.warning("processhub: dropped a malformed reply")
+            env = wire.loads(data, self.hs.MAX_MESSAGE_BYTES)
+        except InvalidMessage as exc:
+            self._log.warning("reply", "processhub: dropped a malformed reply: %s", exc)
             return
-        fut = self.pending.pop(env.get("id"), None)
+        corr = env.get("id")
+        fut = self.pending.pop(corr, None) if isinstance(corr, str) else None
         if fut is not None and not fut.done():
             fut.set_result(env)
 
     def _on_event(self, data: bytes) -> None:
         try:
-            env = wire.loads(data)
+            env = wire.loads(data, self.hs.MAX_MESSAGE_BYTES)
         except InvalidMessage:
             return
         kind = env.get("e")
@@ -238,9 +229,9 @@ class Client:
         finally:
             self._refreshing = False
 
-    async def nodes(self, force: bool = False) -> list[store.NodeInfo]:
+    async def nodes(self, force: bool = False) -> list[NodeInfo]:
         if force or time.monotonic() - self.live_at > self.hs.HEARTBEAT_INTERVAL:
-            # One query for everyone who needs it now: 500 concurrent starts used to send 500 (issue 4).
+            # One query for everyone who needs it now: 500 concurrent starts used to send 500.
             task = self._nodes_query
             if task is None or task.done():
                 task = self._nodes_query = asyncio.ensure_future(self._load_nodes())
@@ -254,7 +245,7 @@ class Client:
         self.live_at = time.monotonic()
 
     async def request(self, channel: str, env: dict, timeout: float) -> dict:
-        corr = str(next(self._seq))
+        corr = new_correlation_id()
         env["id"] = corr
         env["r"] = self.reply_channel
         loop = asyncio.get_running_loop()
@@ -279,10 +270,8 @@ class Client:
     # ---------------------------------------------------------- validation
 
     def key_for(self, cls: type[HordeProcess], arg: Any) -> tuple[str, str]:
-        from . import registry
-
         label = getattr(cls, "label", None)
-        if not label or registry.get(label) is not cls:
+        if not label or classes.get(label) is not cls:
             raise UnknownProcessClass(f"{cls.__qualname__} is not a registered HordeProcess class")
         wire.check_data(arg, "start argument", self.hs.MAX_MESSAGE_BYTES, InvalidArgument)
         wire.check_storable(arg, "start argument")
@@ -322,9 +311,9 @@ class Client:
                 return ref
         return self._remember(key, await self._lookup_db(key))
 
-    async def _lookup_db(self, key: tuple[str, str]) -> store.Lookup | None:
+    async def _lookup_db(self, key: tuple[str, str]) -> Lookup | None:
         """One registry lookup. Lookups that arrive while a query runs go together in the next one: after a
-        failover a client re-learns 1,000 owners in a few statements, not 1,000 (issue 4)."""
+        failover a client re-learns 1,000 owners in a few statements, not 1,000."""
         loop = asyncio.get_running_loop()
         fut = loop.create_future()
         self._lookups.setdefault(key, []).append(fut)
@@ -355,8 +344,8 @@ class Client:
                     if not fut.done():
                         fut.set_result(rows.get(key))
 
-    def _remember(self, key: tuple[str, str], row: store.Lookup | None) -> ProcessRef | None:
-        if row is None or row.status != ProcessStatus.RUNNING or not row.owner_alive:
+    def _remember(self, key: tuple[str, str], row: Lookup | None) -> ProcessRef | None:
+        if row is None or row.status != RUNNING or not row.owner_alive:
             self.cache.pop(key, None)
             return None
         ref = ProcessRef(row.label, row.process_id, row.node_name, row.node_id, row.epoch, False, row.channel)
@@ -367,7 +356,7 @@ class Client:
         """``fetch`` from a thread that runs no event loop: the cache, else one SELECT in this very thread.
 
         A cold fetch used to hop to the runtime's loop and from there to a DB
-        thread: two thread switches and a coroutine around one SELECT (issue 4).
+        thread: two thread switches and a coroutine around one SELECT.
         """
         refuse_running_loop()
         key = self.key_for(cls, arg)
@@ -398,20 +387,13 @@ class Client:
             if remaining <= 0:
                 raise CallTimeout(f"starting {key[0]} {key[1]!r} timed out")
             live = await self.nodes(force)
-            if node is not None:
-                target = next((n for n in live if n.name == node or n.id == node), None)
-                if target is None:
-                    if not force:
-                        force = True  # the cached live set may predate the node's (re)join
-                        continue
-                    raise NoLiveNodes(f"no live node named {node!r}")
-            else:
-                target = choose_item(f"{key[0]}:{key[1]}", live, lambda n: n.name)
-            if target is None:
+            try:
+                target = self._target(key[0], key[1], live, node)
+            except ProcessHubError:
                 if not force:
-                    force = True
+                    force = True  # the cached live set may predate a node's (re)join
                     continue
-                raise NoLiveNodes("no node holds a valid lease: start `python manage.py runhub`")
+                raise
             env = {"t": wire.START, "l": key[0], "p": key[1], "a": arg}
             try:
                 reply = await self.request(target.channel, env, remaining)
@@ -434,6 +416,24 @@ class Client:
                 continue
             raise error_from(reply)
 
+    @staticmethod
+    def _target(label: str, process_id: str, live: list[NodeInfo], node: str | None) -> NodeInfo:
+        """The node a start goes to: the named one (guided placement), else the rendezvous choice."""
+        if node is not None:
+            target = next((n for n in live if n.name == node or n.id == node), None)
+            if target is None:
+                raise NoLiveNodes(f"no live node named {node!r}")
+            if not target.can_run(label):
+                raise UnknownProcessClass(f"node {target.name!r} cannot run {label} (its class is not installed "
+                                          f"there)")
+            return target
+        target = placement.choose_node(label, process_id, live)
+        if target is not None:
+            return target
+        if live:
+            raise NoLiveNodes(f"no live node can run {label}: install its app on the nodes")
+        raise NoLiveNodes("no node holds a valid lease: start `python manage.py runhub`")
+
     async def fetch(self, cls: type[HordeProcess], arg: Any) -> ProcessRef | None:
         return await self.lookup(self.key_for(cls, arg))
 
@@ -447,55 +447,28 @@ class Client:
         self.check_message(message)
         await self._send(cls, key, arg, message, self.hs.CALL_TIMEOUT, wire.CAST)
 
-    # ---------------------------------------------------------- sync fast path
+    # ---------------------------------------------------------- fast paths
+    #
+    # A call or cast whose target is in the cache (owner live at the last refresh) is published from
+    # the caller's own thread (sync) or loop (async, on a loop that is not the runtime's), saving one or
+    # two thread switches. The four entry points below share one core: ``_fast_request`` builds the
+    # envelope from the cache, ``_fast_outcome`` reads the reply, ``_observed`` times it. A miss, an owner
+    # that is gone, or a "not here"/"fenced" answer (nothing was handled) continues on the runtime loop
+    # (``_send``) with the time left, where the usual lookups, starts and retries happen.
 
-    def call_blocking(self, cls: type[HordeProcess], arg: Any, message: Any, timeout: float | None = None) -> Any:
-        """``call`` from a thread that runs no event loop (a view, a Celery task, the shell).
-
-        Fast path (issue 4): on a fresh cache hit the calling thread publishes on
-        its own blocking Redis connection and sleeps until the loop thread's reply
-        handler wakes it: one thread switch per call instead of two, no coroutine.
-        A miss, an owner that is gone, or a "not here"/"fenced" answer (nothing
-        was handled) continues on the loop with the time left, where the usual
-        lookups, starts and retries happen.
-        """
-        refuse_running_loop()
-        key = self.key_for(cls, arg)
-        self.check_message(message)
-        timeout = timeout or self.hs.CALL_TIMEOUT
-        t0 = time.perf_counter()
-        observe = self.metrics_observe
-        try:
-            value = self._call_fast(key, message, timeout)
-        except BaseException as exc:
-            if observe is not None:
-                observe(key[0], wire.CALL, time.perf_counter() - t0, exc)
-            raise
-        if value is not _MISS:
-            if observe is not None:
-                observe(key[0], wire.CALL, time.perf_counter() - t0, None)
-            return value
-        left = max(0.001, timeout - (time.perf_counter() - t0))
-        return self.rt.run_sync(self._send(cls, key, arg, message, left, wire.CALL))
-
-    def _call_fast(self, key: tuple[str, str], message: Any, timeout: float) -> Any:
-        pub = self._blocking
-        ref = self.cached(key) if pub is not None else None
+    def _fast_request(self, key: tuple[str, str], kind: str, message: Any,
+                      timeout: float | None) -> tuple[ProcessRef, str, bytes] | None:
+        """(cached owner, correlation id, envelope bytes) for a fast-path send, or None on a cache miss."""
+        ref = self.cached(key)
         if ref is None:
-            return _MISS
+            return None
         self._keep_live_fresh()
-        corr = str(next(self._seq))
-        waiter = _Blocking()
-        self.pending[corr] = waiter  # type: ignore[assignment]
-        try:
-            env = {"t": wire.CALL, "l": key[0], "p": key[1], "m": message, "ttl": timeout, "id": corr,
-                   "r": self.reply_channel}
-            if pub.publish(ref.channel, wire.dumps(env)) == 0:
-                return _MISS  # its node is gone; the loop path finds that out too and looks again
-            reply = waiter.wait(timeout)
-        finally:
-            self.pending.pop(corr, None)
-        return self._fast_outcome(key, ref, reply, timeout)
+        env: dict[str, Any] = {"t": kind, "l": key[0], "p": key[1], "m": message}
+        corr = ""
+        if kind == wire.CALL:
+            corr = new_correlation_id()
+            env.update(ttl=timeout, id=corr, r=self.reply_channel)
+        return ref, corr, wire.dumps(env)
 
     def _fast_outcome(self, key: tuple[str, str], ref: ProcessRef, reply: dict | None, timeout: float) -> Any:
         """The value of a fast-path call, _MISS to continue on the loop path, or the error to raise."""
@@ -512,15 +485,55 @@ class Client:
             self.cache.pop(key, None)
         raise error_from(reply)
 
-    # ---------------------------------------------------------- any loop
+    def _observed(self, label: str, kind: str, t0: float, value: Any, error: BaseException | None = None) -> Any:
+        """Report a fast-path outcome to metrics (not a miss: the loop path reports those itself)."""
+        observe = self.metrics_observe
+        if observe is not None and value is not _MISS:
+            observe(label, kind, time.perf_counter() - t0, error)
+        return value
+
+    def call_blocking(self, cls: type[HordeProcess], arg: Any, message: Any, timeout: float | None = None) -> Any:
+        """``call`` from a thread that runs no event loop (a view, a Celery task, the shell).
+
+        On a cache hit the calling thread publishes on its own blocking Redis
+        connection and sleeps until the loop thread's reply handler wakes it.
+        """
+        refuse_running_loop()
+        key = self.key_for(cls, arg)
+        self.check_message(message)
+        timeout = timeout or self.hs.CALL_TIMEOUT
+        t0 = time.perf_counter()
+        try:
+            value = self._observed(key[0], wire.CALL, t0, self._call_fast(key, message, timeout))
+        except BaseException as exc:
+            raise self._observed(key[0], wire.CALL, t0, exc, exc) from None
+        if value is not _MISS:
+            return value
+        left = max(0.001, timeout - (time.perf_counter() - t0))
+        return self.rt.run_sync(self._send(cls, key, arg, message, left, wire.CALL))
+
+    def _call_fast(self, key: tuple[str, str], message: Any, timeout: float) -> Any:
+        pub = self._blocking
+        request = self._fast_request(key, wire.CALL, message, timeout) if pub is not None else None
+        if request is None:
+            return _MISS
+        ref, corr, data = request
+        waiter = _Blocking()
+        self.pending[corr] = waiter  # type: ignore[assignment]
+        try:
+            if pub.publish(ref.channel, data) == 0:
+                return _MISS  # its node is gone; the loop path finds that out too and looks again
+            reply = waiter.wait(timeout)
+        finally:
+            self.pending.pop(corr, None)
+        return self._fast_outcome(key, ref, reply, timeout)
 
     async def acall(self, cls: type[HordeProcess], arg: Any, message: Any, timeout: float | None = None) -> Any:
         """``call`` from any event loop.
 
         On the runtime's loop this is ``call``. On another loop (an ASGI server's)
         that keeps calling, the request leaves from that loop on its own
-        connection and only the reply hops threads (issue 4: one thread switch per
-        call instead of two). A miss or a retryable answer continues on the runtime loop.
+        connection and only the reply hops threads.
         """
         loop = asyncio.get_running_loop()
         if loop is self.rt.loop:
@@ -532,33 +545,25 @@ class Client:
         self.check_message(message)
         timeout = timeout or self.hs.CALL_TIMEOUT
         t0 = time.perf_counter()
-        observe = self.metrics_observe
         try:
-            value = await self._acall_fast(pub, loop, key, message, timeout)
+            value = self._observed(key[0], wire.CALL, t0, await self._acall_fast(pub, loop, key, message, timeout))
         except BaseException as exc:
-            if observe is not None:
-                observe(key[0], wire.CALL, time.perf_counter() - t0, exc)
-            raise
+            raise self._observed(key[0], wire.CALL, t0, exc, exc) from None
         if value is not _MISS:
-            if observe is not None:
-                observe(key[0], wire.CALL, time.perf_counter() - t0, None)
             return value
         left = max(0.001, timeout - (time.perf_counter() - t0))
         return await self.rt.run_async(self._send(cls, key, arg, message, left, wire.CALL))
 
     async def _acall_fast(self, pub: LoopPublisher, loop: asyncio.AbstractEventLoop, key: tuple[str, str],
                           message: Any, timeout: float) -> Any:
-        ref = self.cached(key)
-        if ref is None:
+        request = self._fast_request(key, wire.CALL, message, timeout)
+        if request is None:
             return _MISS
-        self._keep_live_fresh()
-        corr = str(next(self._seq))
+        ref, corr, data = request
         fut = loop.create_future()
         self.pending[corr] = _OtherLoop(loop, fut)  # type: ignore[assignment]
         try:
-            env = {"t": wire.CALL, "l": key[0], "p": key[1], "m": message, "ttl": timeout, "id": corr,
-                   "r": self.reply_channel}
-            if await pub.publish(ref.channel, wire.dumps(env)) == 0:
+            if await pub.publish(ref.channel, data) == 0:
                 return _MISS
             timer = loop.call_later(timeout, _expire, fut)
             try:
@@ -571,6 +576,24 @@ class Client:
             self.pending.pop(corr, None)
         return self._fast_outcome(key, ref, reply, timeout)
 
+    def cast_blocking(self, cls: type[HordeProcess], arg: Any, message: Any) -> None:
+        """``cast`` from a thread that runs no event loop: published from this thread on a cache hit."""
+        refuse_running_loop()
+        key = self.key_for(cls, arg)
+        self.check_message(message)
+        pub = self._blocking
+        request = self._fast_request(key, wire.CAST, message, None) if pub is not None else None
+        if request is not None:
+            t0 = time.perf_counter()
+            try:
+                sent = pub.publish(request[0].channel, request[2])
+            except BaseException as exc:
+                raise self._observed(key[0], wire.CAST, t0, exc, exc) from None
+            if sent:
+                self._observed(key[0], wire.CAST, t0, None)
+                return
+        self.rt.run_sync(self._send(cls, key, arg, message, self.hs.CALL_TIMEOUT, wire.CAST))
+
     async def acast(self, cls: type[HordeProcess], arg: Any, message: Any) -> None:
         """``cast`` from any event loop; on another loop than the runtime's, published from that loop."""
         loop = asyncio.get_running_loop()
@@ -581,46 +604,17 @@ class Client:
             return await self.rt.run_async(self.cast(cls, arg, message))
         key = self.key_for(cls, arg)
         self.check_message(message)
-        ref = self.cached(key)
-        if ref is not None:
-            self._keep_live_fresh()
+        request = self._fast_request(key, wire.CAST, message, None)
+        if request is not None:
             t0 = time.perf_counter()
-            observe = self.metrics_observe
             try:
-                sent = await pub.publish(ref.channel, wire.dumps({"t": wire.CAST, "l": key[0], "p": key[1],
-                                                                  "m": message}))
+                sent = await pub.publish(request[0].channel, request[2])
             except BaseException as exc:
-                if observe is not None:
-                    observe(key[0], wire.CAST, time.perf_counter() - t0, exc)
-                raise
+                raise self._observed(key[0], wire.CAST, t0, exc, exc) from None
             if sent:
-                if observe is not None:
-                    observe(key[0], wire.CAST, time.perf_counter() - t0, None)
+                self._observed(key[0], wire.CAST, t0, None)
                 return
         await self.rt.run_async(self._send(cls, key, arg, message, self.hs.CALL_TIMEOUT, wire.CAST))
-
-    def cast_blocking(self, cls: type[HordeProcess], arg: Any, message: Any) -> None:
-        """``cast`` from a thread that runs no event loop: published from this thread on a cache hit."""
-        refuse_running_loop()
-        key = self.key_for(cls, arg)
-        self.check_message(message)
-        pub = self._blocking
-        ref = self.cached(key) if pub is not None else None
-        if ref is not None:
-            self._keep_live_fresh()
-            t0 = time.perf_counter()
-            observe = self.metrics_observe
-            try:
-                sent = pub.publish(ref.channel, wire.dumps({"t": wire.CAST, "l": key[0], "p": key[1], "m": message}))
-            except BaseException as exc:
-                if observe is not None:
-                    observe(key[0], wire.CAST, time.perf_counter() - t0, exc)
-                raise
-            if sent:
-                if observe is not None:
-                    observe(key[0], wire.CAST, time.perf_counter() - t0, None)
-                return
-        self.rt.run_sync(self._send(cls, key, arg, message, self.hs.CALL_TIMEOUT, wire.CAST))
 
     async def _send(self, cls, key, arg, message, timeout: float, kind: str) -> Any:
         observe = self.metrics_observe
@@ -700,7 +694,7 @@ class Client:
             if remaining <= 0:
                 raise CallTimeout(f"stopping {key[0]} {key[1]!r} timed out")
             row = await self.db(store.lookup, *key)
-            if row is None or row.status != ProcessStatus.RUNNING:
+            if row is None or row.status != RUNNING:
                 self.cache.pop(key, None)
                 return False
             if not row.owner_alive:
@@ -728,13 +722,15 @@ class Client:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + (timeout or self.hs.CALL_TIMEOUT)
         row = await self.db(store.lookup, label, process_id)
-        if row is None or row.status != ProcessStatus.RUNNING or not row.owner_alive:
+        if row is None or row.status != RUNNING or not row.owner_alive:
             return False
         target = None
         if to_node is not None:
             target = next((n for n in await self.nodes(True) if to_node in (n.name, n.id)), None)
             if target is None:
                 raise NoLiveNodes(f"no live node named {to_node!r}")
+            if not target.can_run(label):
+                raise UnknownProcessClass(f"node {target.name!r} cannot run {label}")
             if target.id == row.node_id:
                 return False
         env = {"t": wire.MOVE, "l": label, "p": process_id, "to": target.id if target else None, "e": row.epoch}
@@ -753,24 +749,32 @@ class Client:
 
     async def drain(self, node: str, timeout: float | None = None) -> int:
         """Drain a live node (name or id) in place: it takes no new processes and hands every process it runs
-        to the other live nodes, but keeps running (status draining) until it is stopped.
+        to the other live nodes, but keeps running (status draining) until undrained or stopped.
 
         Returns how many processes it started to move; the moves finish in the background.
         Raises NoLiveNodes when the node is not live, ProcessUnavailable when no other node could take over.
         """
+        reply = await self._node_request(node, wire.DRAIN, "draining", timeout)
+        return int(reply.get("n", 0))
+
+    async def undrain(self, node: str, timeout: float | None = None) -> None:
+        """Let a drained node (name or id) take new processes again."""
+        await self._node_request(node, wire.UNDRAIN, "undraining", timeout)
+
+    async def _node_request(self, node: str, kind: str, doing: str, timeout: float | None) -> dict:
         target = next((n for n in await self.nodes(True) if node in (n.name, n.id)), None)
         if target is None:
             raise NoLiveNodes(f"no live node named {node!r}")
         try:
-            reply = await self.request(target.channel, {"t": wire.DRAIN}, timeout or self.hs.CALL_TIMEOUT)
+            reply = await self.request(target.channel, {"t": kind}, timeout or self.hs.CALL_TIMEOUT)
         except _Undelivered:
             raise NoLiveNodes(f"node {node!r} is gone") from None
         except TimeoutError:
-            raise CallTimeout(f"draining {node!r} timed out") from None
-        self.live.pop(target.id, None)
+            raise CallTimeout(f"{doing} {node!r} timed out") from None
+        self.live_at = -1e9  # its status changed: placement must look again
         if reply.get("ok"):
-            return int(reply.get("n", 0))
+            return reply
         raise error_from(reply)
 
 
-__all__ = ["Client", "ProcessRef", "Fenced"]
+__all__ = ["Client", "ProcessRef", "refuse_running_loop"]

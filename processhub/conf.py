@@ -36,6 +36,14 @@ DEFAULTS: dict[str, Any] = {
     # "auto" (redis when REDIS_URL is set, else memory), "redis", "memory" or "channels".
     "TRANSPORT": "auto",
     "REDIS_URL": None,
+    # redis-py connection keywords added to what REDIS_URL says (ssl_ca_certs, ssl_certfile, ssl_keyfile,
+    # ssl_cert_reqs, ssl_check_hostname, username, password).
+    "REDIS_OPTIONS": None,
+    # Redis behind Sentinel: "host:port" of each sentinel, the master's name, and redis-py keywords for
+    # talking to the sentinels themselves (their password, TLS). REDIS_URL still gives the master's password.
+    "REDIS_SENTINELS": None,
+    "REDIS_SENTINEL_MASTER": None,
+    "REDIS_SENTINEL_OPTIONS": None,
     # Channel layer alias used by the "channels" transport.
     "CHANNEL_LAYER": "default",
     # Prefix of every channel name; two hubs sharing one Redis need two prefixes.
@@ -74,6 +82,10 @@ class HubSettings:
     SHUTDOWN_TIMEOUT: float
     TRANSPORT: str
     REDIS_URL: str | None
+    REDIS_OPTIONS: dict | None
+    REDIS_SENTINELS: list | None
+    REDIS_SENTINEL_MASTER: str | None
+    REDIS_SENTINEL_OPTIONS: dict | None
     CHANNEL_LAYER: str
     PREFIX: str
     EMBEDDED: bool | None

@@ -1,12 +1,17 @@
 """Database models: the registry's source of truth (DESIGN "Truth: the database")."""
 from __future__ import annotations
 
+from django.conf import settings
 from django.db import models
 
 
 class NodeStatus(models.TextChoices):
+    # Takes new processes.
     UP = "up", "up"
+    # Drained: moves its processes away and takes only those no node that is up can run.
     DRAINING = "draining", "draining"
+    # Shutting down (SIGTERM): hands everything away and takes nothing.
+    LEAVING = "leaving", "leaving"
     DOWN = "down", "down"
 
 
@@ -39,9 +44,12 @@ class Node(models.Model):
     host = models.CharField(max_length=255, blank=True)
     pid = models.IntegerField(null=True, blank=True)
     channel = models.CharField(max_length=255)
+    # The class labels this incarnation can run: placement never sends a process to a node without its class.
+    labels = models.JSONField(default=list, blank=True)
 
     class Meta:
         ordering = ["name", "-started_at"]
+        permissions = [("drain_node", "Can drain and undrain nodes")]
 
     def __str__(self) -> str:
         return f"{self.name} ({self.id[:8]})"
@@ -73,6 +81,52 @@ class Process(models.Model):
         # This constraint is the arbiter of a start race.
         constraints = [models.UniqueConstraint(fields=["label", "process_id"], name="processhub_unique_id")]
         indexes = [models.Index(fields=["status", "node"], name="processhub_status_node")]
+        # One per admin action, so a support role can look without being able to act (issue 9).
+        permissions = [
+            ("stop_process", "Can stop processes"),
+            ("restart_process", "Can restart processes"),
+            ("move_process", "Can move processes to another node"),
+            ("view_process_arguments", "Can see start arguments and handoff state"),
+            ("view_metrics", "Can read the Prometheus metrics"),
+        ]
 
     def __str__(self) -> str:
         return self.process_id
+
+
+class BulkStatus(models.TextChoices):
+    RUNNING = "running", "running"
+    DONE = "done", "done"
+    FAILED = "failed", "failed"
+
+
+class BulkOperation(models.Model):
+    """An admin action on many rows, worked off in the background by the web process's hub runtime.
+
+    The request that starts it returns at once; the runtime writes the counts
+    here as items finish, and the admin's progress page reads them.
+    """
+
+    kind = models.CharField(max_length=16, help_text="stop, restart or move.")
+    target = models.CharField(max_length=200, blank=True, help_text="The node a move goes to.")
+    total = models.IntegerField()
+    done = models.IntegerField(default=0)
+    skipped = models.IntegerField(default=0)
+    failed = models.IntegerField(default=0)
+    errors = models.TextField(blank=True, help_text="The first failures, one per line (passwords masked).")
+    status = models.CharField(max_length=16, choices=BulkStatus.choices, default=BulkStatus.RUNNING)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"{self.kind} of {self.total} ({self.status})"
+
+    @property
+    def finished(self) -> int:
+        return self.done + self.skipped + self.failed

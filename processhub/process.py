@@ -4,20 +4,30 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Callable, Iterator
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from django.core.exceptions import ImproperlyConfigured
 
-from .client import ProcessRef
-from .exceptions import Fenced, InvalidArgument
+from . import classes, store
+from .exceptions import InvalidArgument
 from .runtime import get_runtime
+from .values import ProcessRef
+
+if TYPE_CHECKING:
+    from .node.activation import Activation
 
 _POLICIES = ("permanent", "transient", "temporary")
 _pending: list[type] = []  # classes defined before the app registry was ready
 
 
+def _default(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Marks a callback of the base class, which does nothing: the node skips what a subclass did not define."""
+    fn.__processhub_default__ = True  # type: ignore[attr-defined]
+    return fn
+
+
 def _rt():
-    return get_runtime()  # imported at module level: an import statement per call cost ~2 us (issue 4)
+    return get_runtime()  # imported at module level: an import statement per call cost ~2 us
 
 
 class HordeProcess:
@@ -39,11 +49,13 @@ class HordeProcess:
     max_restarts: ClassVar[int | None] = None
     max_seconds: ClassVar[float | None] = None
 
-    # Set on every activation before init().
+    # Set on every instance before init(): its id, the node (name and incarnation id) and the epoch it runs under.
     process_id: str
     node: str
     node_id: str
     epoch: int
+    _activation: Activation
+    _exit_reason: str | None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -70,49 +82,53 @@ class HordeProcess:
             return str(arg)
         raise InvalidArgument(f"{cls.__qualname__}.process_id() cannot make an id of {arg!r}; override it")
 
+    @_default
     async def init(self, arg: Any) -> None:
         """Fast set-up; the process serves messages once this returns."""
 
+    @_default
     async def handle_continue(self) -> None:
         """Slow set-up after registration (database loads)."""
 
+    @_default
     async def handle_call(self, message: Any) -> Any:
         """Handle a call; the return value (JSON data) is the reply."""
         raise NotImplementedError(f"{type(self).__qualname__} does not handle calls")
 
+    @_default
     async def handle_cast(self, message: Any) -> None:
         """Handle a cast (no reply)."""
 
+    @_default
     async def handle_info(self, message: Any) -> None:
         """Handle a timer message from send_after()."""
 
+    @_default
     async def terminate(self, reason: str) -> None:
         """Called when the activation ends: 'shutdown', 'handoff', 'lease lost', 'crash: ...'."""
 
+    @_default
     async def begin_handoff(self) -> Any:
         """Return JSON state to hand to the next activation when this one moves (drain, admin move)."""
         return None
 
+    @_default
     async def end_handoff(self, state: Any) -> None:
         """Receive the state returned by begin_handoff() of the previous activation (after init)."""
 
     # ------------------------------------------------------------------ inside a process
 
     def send_after(self, seconds: float, message: Any) -> asyncio.TimerHandle | None:
-        """Deliver ``message`` to handle_info() of this activation after ``seconds``."""
-        from .activation import INFO
+        """Deliver ``message`` to handle_info() of this instance after ``seconds`` (dropped if it is gone by then).
 
-        slot = self._slot
-        epoch = self.epoch
-        loop = slot.node.rt.loop
-
-        def fire() -> None:
-            if slot.epoch == epoch and slot.node.slots.get(slot.key) is slot:
-                slot.post((INFO, message, epoch))
-
+        Returns the timer handle (cancel it to take the message back) when called on the node's
+        loop (async callbacks); from a plain ``def`` callback's thread it returns None.
+        """
+        activation, epoch = self._activation, self.epoch
+        loop = activation.host.rt.loop
         if _on_loop(loop):
-            return loop.call_later(seconds, fire)
-        loop.call_soon_threadsafe(loop.call_later, seconds, fire)
+            return activation.timer(seconds, message, epoch)
+        loop.call_soon_threadsafe(activation.timer, seconds, message, epoch)
         return None
 
     def exit(self, reason: str = "normal") -> None:
@@ -121,19 +137,16 @@ class HordeProcess:
 
     @contextlib.contextmanager
     def fenced(self) -> Iterator[None]:
-        """A transaction that commits only while this activation still owns its epoch (DESIGN I4).
+        """A transaction that commits only while this instance still owns its epoch (DESIGN I4).
 
         Use it from sync code (a plain ``def`` handler or ``run_fenced``). It locks
-        the process row, so a takeover waits until this transaction ends; raises
-        ``Fenced`` if the row has already moved on.
+        the process row and checks, in the database's clock, that this node's lease
+        is valid and the row still names this node and epoch; raises ``Fenced``
+        otherwise, or when the lease ends before the block does (the transaction
+        then rolls back). Keep the block short: a node that takes the process over
+        from a frozen owner ends the frozen owner's fenced transaction.
         """
-        from django.db import transaction
-
-        from . import store
-
-        with transaction.atomic():
-            if not store.owns(self._slot.label, self.process_id, self._slot.node.id, self.epoch, lock=True):
-                raise Fenced(f"{self.process_id!r} epoch {self.epoch} is no longer owned by {self.node}")
+        with store.fenced(self._activation.fence_token(self.epoch)):
             yield
 
     async def run_fenced(self, fn: Callable[..., Any], *args: Any) -> Any:
@@ -143,7 +156,7 @@ class HordeProcess:
             with self.fenced():
                 return fn(*args)
 
-        return await self._slot.node.rt.db(body)
+        return await self._activation.host.rt.db(body)
 
     # ------------------------------------------------------------------ client API
 
@@ -209,9 +222,7 @@ def _on_loop(loop: asyncio.AbstractEventLoop) -> bool:
 
 
 def _register(cls: type[HordeProcess]) -> None:
-    from . import registry
-
-    cls.label = registry.register(cls)
+    cls.label = classes.register(cls)
 
 
 def register_pending() -> None:

@@ -12,14 +12,17 @@ import concurrent.futures
 import logging
 import os
 import threading
-import time
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from django.db import close_old_connections
-
+from .client import Client, refuse_running_loop
 from .conf import hub_settings
+from .dbthreads import close_pool_connections, with_connection
 from .exceptions import SyncCallFromAsyncContext
+from .transport import make_transport
+
+if TYPE_CHECKING:
+    from .node import Node
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -27,16 +30,13 @@ T = TypeVar("T")
 
 class Runtime:
     def __init__(self, loop: asyncio.AbstractEventLoop, thread: threading.Thread | None) -> None:
-        from .client import Client
-        from .transport import make_transport
-
         hs = hub_settings()
         self.pid = os.getpid()
         self.loop = loop
         self.thread = thread
-        self.transport = make_transport(hs.transport, hs.REDIS_URL)
+        self.transport = make_transport(hs.transport, hs)
         self.client = Client(self)
-        self.node = None  # set when a node runs in this OS process
+        self.node: Node | None = None  # set when a node runs in this OS process
         # Thread pools for blocking database work: one reserved for heartbeats,
         # so lease renewal never queues behind slow reconcile statements.
         self.db_pool = concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="processhub-db")
@@ -48,7 +48,7 @@ class Runtime:
 
     async def db(self, fn: Callable[..., T], *args: Any, pool: concurrent.futures.Executor | None = None) -> T:
         """Run a blocking ORM function in a DB thread, with Django's connection hygiene."""
-        return await self.loop.run_in_executor(pool or self.db_pool, _with_connection, fn, args)
+        return await self.loop.run_in_executor(pool or self.db_pool, with_connection, fn, args)
 
     def run_sync(self, coro: Awaitable[T], timeout: float | None = None) -> T:
         """Run ``coro`` on the runtime loop from a thread that is not running a loop."""
@@ -72,71 +72,12 @@ class Runtime:
         return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, self.loop))
 
 
-def refuse_running_loop() -> None:
-    """Raise SyncCallFromAsyncContext in a thread that runs an event loop (a sync call would block it)."""
-    if asyncio._get_running_loop() is not None:
-        raise SyncCallFromAsyncContext(
-            "a sync processhub call was made from a running event loop; use the async twin (acall, astart, ...)"
-        )
-
-
-# A DB thread's connection is checked (and dropped if broken or older than CONN_MAX_AGE) before a call once it
-# has been idle this long, or not checked for CHECK_EVERY; and always after a call that raised.
-IDLE_CHECK = 1.0
-CHECK_EVERY = 30.0
-_db_thread = threading.local()
-
-
-def _with_connection(fn: Callable[..., T], args: tuple) -> T:
-    """Run ``fn`` in a DB thread with Django's connection hygiene, as channels' database_sync_to_async does.
-
-    Calling ``close_old_connections()`` around every call (as before issue 4)
-    made Django health-check the connection with an extra ``SELECT 1`` round
-    trip on every statement (CONN_HEALTH_CHECKS). A connection in steady use is
-    skipped; one that was idle is checked first, so a database restart during a
-    quiet period still costs no failed call, and one that errored is dropped.
-    """
-    now = time.monotonic()
-    if now - getattr(_db_thread, "used", -1e9) > IDLE_CHECK or now - getattr(_db_thread, "checked", -1e9) > CHECK_EVERY:
-        close_old_connections()
-        _db_thread.checked = now
-    try:
-        result = fn(*args)
-    except BaseException:
-        close_old_connections()
-        _db_thread.used = -1e9
-        raise
-    _db_thread.used = time.monotonic()
-    return result
-
-
-def close_pool_connections(pool: concurrent.futures.ThreadPoolExecutor, workers: int) -> None:
-    """Close the database connection of every thread of ``pool`` (each thread owns its own).
-
-    A barrier makes each of the pool's threads take exactly one closing task.
-    """
-    from django.db import connections
-
-    barrier = threading.Barrier(workers, timeout=2)
-
-    def close_here() -> None:
-        try:
-            barrier.wait()
-        except threading.BrokenBarrierError:
-            pass
-        connections.close_all()
-
-    futures = [pool.submit(close_here) for _ in range(workers)]
-    concurrent.futures.wait(futures, timeout=5)
-    pool.shutdown(wait=False)
-
-
 _runtime: Runtime | None = None
 _lock = threading.Lock()
 
 
 # This OS process's pid, kept current by a fork hook: os.getpid() is a system call, and get_runtime() runs
-# on every call/cast (issue 4).
+# on every call/cast.
 _pid = os.getpid()
 
 
@@ -170,13 +111,19 @@ def _start_thread_runtime() -> Runtime:
     rt = Runtime(loop, thread)
     asyncio.run_coroutine_threadsafe(rt.open(), loop).result(30)
     _runtime = rt
-    if hub_settings().embedded:
-        from .node import Node
-
-        node = Node(rt, name=hub_settings().NODE_NAME or "embedded")
-        asyncio.run_coroutine_threadsafe(node.start(), loop).result(30)
-        logger.info("processhub: embedded node %s started in this process", node.name)
+    if hub_settings().embedded and _embedded_starter is not None:
+        _embedded_starter(rt)
     return rt
+
+
+# Starts the embedded node of a runtime; set by the app's ready() (processhub.embedded), so that this
+# module, which the node's modules use, does not import them.
+_embedded_starter: Callable[[Runtime], None] | None = None
+
+
+def set_embedded_starter(starter: Callable[[Runtime], None]) -> None:
+    global _embedded_starter
+    _embedded_starter = starter
 
 
 def _serve(loop: asyncio.AbstractEventLoop, ready: threading.Event) -> None:
@@ -206,7 +153,7 @@ def reset_runtime(shutdown: bool = True) -> None:
     async def close() -> None:
         if rt.node is not None:
             await rt.node.drain()
-            close_pool_connections(rt.node._hb_pool, 1)
+            rt.node.close()
         await rt.transport.close()
         close_pool_connections(rt.db_pool, 4)
         close_pool_connections(rt.handler_pool, 8)

@@ -47,8 +47,8 @@ from typing import TYPE_CHECKING, Any
 from django.dispatch import Signal
 
 if TYPE_CHECKING:
-    from .activation import Slot
     from .node import Node
+    from .node.activation import Activation
 
 logger = logging.getLogger(__name__)
 
@@ -88,8 +88,11 @@ node_up = Signal()
 
 #: This node asked to drain in place (admin "drain" action or ``Client.drain``):
 #: it takes no new processes and hands its processes to the other live nodes,
-#: but keeps running until it is stopped.
+#: but keeps running until it is stopped or undrained.
 node_draining = Signal()
+
+#: A drained node takes new processes again (admin "undrain" action or ``Client.undrain``).
+node_undrained = Signal()
 
 #: This incarnation stopped serving. ``reason``: ``"shutdown"`` (SIGTERM, a
 #: clean drain) or why it fenced itself (lease lost, database unreachable). A
@@ -103,10 +106,11 @@ _PROCESS_SIGNALS = {
     "restarted": process_restarted,
     "moved": process_moved,
 }
-_NODE_SIGNALS = {"node_up": node_up, "node_down": node_down, "node_draining": node_draining}
+_NODE_SIGNALS = {"node_up": node_up, "node_down": node_down, "node_draining": node_draining,
+                 "node_undrained": node_undrained}
 
 
-def dispatch(event: str, node: Node, slot: Slot | None, **extra: Any) -> None:
+def dispatch(event: str, node: Node, slot: Activation | None, **extra: Any) -> None:
     """A ``Node.listeners`` entry: turn one lifecycle event into its signal (other events are ignored)."""
     if slot is not None:
         signal = _PROCESS_SIGNALS.get(event)

@@ -2,57 +2,35 @@
 
 The claim statements carry the fencing logic of DESIGN I1/I2: an epoch is
 incremented in the same statement that names the new owner, and a node only
-claims while its own lease is valid in the database's clock.
+claims while its own lease is valid in the database's clock. ``fenced`` is the
+transaction behind ``HordeProcess.fenced()`` (I4).
 """
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from django.db import connection, transaction
+from django.db import DatabaseError, connection, transaction
 from django.db.models import Count, Exists, F, Q, Sum
 from django.db.models.functions import Now
 
+from .exceptions import Fenced
 from .models import Node, NodeStatus, Process, ProcessStatus
+from .values import Lookup, NodeInfo, Row
 
 PT = Process._meta.db_table
 NT = Node._meta.db_table
 
-
-@dataclass(frozen=True, slots=True)
-class NodeInfo:
-    id: str
-    name: str
-    channel: str
-
-
-@dataclass(frozen=True, slots=True)
-class Row:
-    """One process row as the node needs it."""
-
-    id: int
-    label: str
-    process_id: str
-    arg: Any
-    epoch: int
-    restart: str
-    handoff: Any = None
-
-
-@dataclass(frozen=True, slots=True)
-class Lookup:
-    """Where a process is, for clients."""
-
-    label: str
-    process_id: str
-    status: str
-    epoch: int
-    node_id: str | None
-    node_name: str | None
-    channel: str | None
-    owner_alive: bool
+# Node statuses that hold a lease, and those that may own new or claimed rows (placement prefers "up").
+LEASED = (NodeStatus.UP, NodeStatus.DRAINING, NodeStatus.LEAVING)
+TAKES = ("up", "draining")
+_TAKES_SQL = "status IN ('up', 'draining')"
+# application_name of a session inside fenced(): lets a node that takes over end a frozen owner's session.
+FENCED_APP = "processhub-fenced:"
 
 
 def _is_pg() -> bool:
@@ -72,16 +50,25 @@ def _load(value: Any) -> Any:
     return json.loads(value) if isinstance(value, str) else value
 
 
+def _row(r: tuple) -> Row:
+    return Row(r[0], r[1], r[2], _load(r[3]), r[4], r[5], _load(r[6]))
+
+
+ROW_COLUMNS = ("id", "label", "process_id", "arg", "epoch", "restart", "handoff")
+
+
 # ---------------------------------------------------------------- nodes
 
 
-def register_node(node_id: str, name: str, host: str, pid: int, channel: str, ttl: float) -> None:
+def register_node(node_id: str, name: str, host: str, pid: int, channel: str, ttl: float,
+                  labels: list[str]) -> None:
     Node.objects.create(
         id=node_id,
         name=name,
         host=host,
         pid=pid,
         channel=channel,
+        labels=sorted(labels),
         status=NodeStatus.UP,
         heartbeat_at=Now(),
         lease_expires_at=Now() + timedelta(seconds=ttl),
@@ -92,9 +79,8 @@ def register_node(node_id: str, name: str, host: str, pid: int, channel: str, tt
 def heartbeat(node_id: str, ttl: float) -> bool:
     """Renew the lease, only if it has not already run out: an expired lease never comes back."""
     return (
-        Node.objects.filter(
-            id=node_id, status__in=[NodeStatus.UP, NodeStatus.DRAINING], lease_expires_at__gt=Now()
-        ).update(heartbeat_at=Now(), lease_expires_at=Now() + timedelta(seconds=ttl))
+        Node.objects.filter(id=node_id, status__in=LEASED, lease_expires_at__gt=Now())
+        .update(heartbeat_at=Now(), lease_expires_at=Now() + timedelta(seconds=ttl))
         == 1
     )
 
@@ -103,25 +89,32 @@ def set_node_status(node_id: str, status: str) -> None:
     updates: dict[str, Any] = {"status": status}
     if status == NodeStatus.DOWN:
         updates.update(stopped_at=Now(), lease_expires_at=Now())
-    Node.objects.filter(id=node_id).update(**updates)
+        Node.objects.filter(id=node_id).update(**updates)
+    else:
+        # Only a live incarnation changes between up, draining and leaving.
+        Node.objects.filter(id=node_id, status__in=LEASED).update(**updates)
+
+
+def _newest_per_name(rows: list[tuple]) -> list[NodeInfo]:
+    """The live incarnations, newest only per node name (rows ordered by name, newest first).
+
+    A node restarted faster than NODE_TTL leaves its old incarnation's lease
+    running; placement hashes names, so the old one must not shadow the new one.
+    """
+    seen: set[str] = set()
+    out = []
+    for nid, name, channel, labels, status in rows:
+        if name not in seen:
+            seen.add(name)
+            out.append(NodeInfo(nid, name, channel, frozenset(_load(labels) or ()), status))
+    return out
 
 
 def live_nodes() -> list[NodeInfo]:
-    """The live incarnations, newest only per node name.
-
-    A node restarted faster than NODE_TTL leaves its old incarnation's lease
-    running; placement hashes names, so the old one must not shadow the new one
-    (starts would go to a dead channel until the old lease ran out).
-    """
-    rows = (Node.objects.filter(status=NodeStatus.UP, lease_expires_at__gt=Now())
-            .order_by("name", "-started_at").values_list("id", "name", "channel"))
-    seen: set[str] = set()
-    out = []
-    for r in rows:
-        if r[1] not in seen:
-            seen.add(r[1])
-            out.append(NodeInfo(*r))
-    return out
+    """The incarnations that may own rows: up or draining, with a valid lease (database clock)."""
+    rows = (Node.objects.filter(status__in=TAKES, lease_expires_at__gt=Now())
+            .order_by("name", "-started_at").values_list("id", "name", "channel", "labels", "status"))
+    return _newest_per_name(list(rows))
 
 
 def live_nodes_and_next_expiry(node_id: str) -> tuple[list[NodeInfo], float | None]:
@@ -129,43 +122,81 @@ def live_nodes_and_next_expiry(node_id: str) -> tuple[list[NodeInfo], float | No
 
     A node's reconcile wakes up right then instead of up to RECONCILE_INTERVAL
     later, so the processes of a node that died are taken over as soon as its
-    lease allows (issue 4: failover). None on SQLite or when no other node is live.
+    lease allows. None on SQLite or when no other node is live.
     """
     if not _is_pg():
         return live_nodes(), None
     with connection.cursor() as cur:
-        cur.execute(f"SELECT id, name, channel, EXTRACT(EPOCH FROM lease_expires_at - now()) FROM {NT} "
-                    f"WHERE status = 'up' AND lease_expires_at > now() ORDER BY name, started_at DESC")
+        cur.execute(f"SELECT id, name, channel, labels, status, EXTRACT(EPOCH FROM lease_expires_at - now()) "
+                    f"FROM {NT} WHERE status IN ('up', 'draining', 'leaving') AND lease_expires_at > now() "
+                    f"ORDER BY name, started_at DESC")
         rows = cur.fetchall()
-    seen: set[str] = set()
-    out = []
     first = None
-    for nid, name, channel, left in rows:
-        if nid != node_id:
-            first = left if first is None else min(first, left)  # shadowed incarnations too: they own rows
-        if name not in seen:
-            seen.add(name)
-            out.append(NodeInfo(nid, name, channel))
-    return out, None if first is None else float(first)
+    for r in rows:
+        if r[0] != node_id:
+            first = r[5] if first is None else min(first, r[5])  # shadowed incarnations too: they own rows
+    return _newest_per_name([r[:5] for r in rows if r[4] in TAKES]), None if first is None else float(first)
 
 
 def same_name_live(node_id: str, name: str) -> list[str]:
     """Other live incarnations under this name, as "host/pid" strings."""
-    rows = Node.objects.filter(name=name, status__in=[NodeStatus.UP, NodeStatus.DRAINING],
-                               lease_expires_at__gt=Now()).exclude(id=node_id).values_list("host", "pid")
+    rows = Node.objects.filter(name=name, status__in=LEASED, lease_expires_at__gt=Now()).exclude(
+        id=node_id).values_list("host", "pid")
     return [f"{h}/{p}" for h, p in rows]
 
 
-def dead_nodes_owning_processes() -> list[str]:
-    """Incarnations whose lease ran out (database clock) that still own running rows."""
-    dead = Node.objects.filter(Q(status=NodeStatus.DOWN) | Q(lease_expires_at__lte=Now()))
-    return list(
-        Process.objects.filter(status=ProcessStatus.RUNNING, node__in=dead).values_list("node_id", flat=True).distinct()
+def _dead_nodes():
+    return Node.objects.filter(Q(status=NodeStatus.DOWN) | Q(lease_expires_at__lte=Now()))
+
+
+def dead_owners() -> list[str | None]:
+    """Incarnations whose lease ended (database clock) that still own running rows; None for unowned rows."""
+    owners: list[str | None] = list(
+        Process.objects.filter(status=ProcessStatus.RUNNING, node__in=_dead_nodes())
+        .values_list("node_id", flat=True).distinct()
     )
+    if Process.objects.filter(status=ProcessStatus.RUNNING, node__isnull=True).exists():
+        owners.append(None)
+    return owners
+
+
+def orphans_page(owner: str | None, after_id: int, limit: int) -> list[Row]:
+    """Running rows of the dead incarnation ``owner`` (None: of no node) with id > ``after_id``, by id.
+
+    Keyset pagination: every pass reads every page, so rows that cannot be claimed
+    now (locked, or of a class nobody runs) never starve the rows behind them.
+    """
+    qs = Process.objects.filter(status=ProcessStatus.RUNNING, id__gt=after_id)
+    if owner is None:
+        qs = qs.filter(node__isnull=True)
+    else:
+        qs = qs.filter(node_id=owner).filter(node__in=_dead_nodes())
+    return [Row(*r) for r in qs.order_by("id").values_list(*ROW_COLUMNS)[:limit]]
+
+
+def end_fenced_sessions(owner: str) -> int:
+    """End the database sessions of a dead incarnation that are inside ``fenced()`` (PostgreSQL).
+
+    A node frozen inside ``fenced()`` holds its process row's lock, which takeover
+    claims skip; its lease is over, so its transaction must not commit anyway.
+    Ending its session releases the lock now rather than when some timeout of the
+    project's database settings (if any) fires. Needs the same database role for
+    every node (or ``pg_signal_backend``); without it the session ends at the
+    ``idle_in_transaction_session_timeout`` that ``fenced()`` sets itself.
+    """
+    if not _is_pg():
+        return 0
+    try:
+        with connection.cursor() as cur:
+            cur.execute("SELECT count(*) FILTER (WHERE pg_terminate_backend(pid, 1000)) FROM pg_stat_activity "
+                        "WHERE application_name = %s AND pid <> pg_backend_pid()", [FENCED_APP + owner])
+            return int(cur.fetchone()[0])
+    except DatabaseError:
+        return 0  # not allowed to signal that backend: the idle timeout ends it
 
 
 def mark_expired_nodes_down() -> int:
-    return Node.objects.filter(status__in=[NodeStatus.UP, NodeStatus.DRAINING], lease_expires_at__lte=Now()).update(
+    return Node.objects.filter(status__in=LEASED, lease_expires_at__lte=Now()).update(
         status=NodeStatus.DOWN, stopped_at=Now()
     )
 
@@ -173,36 +204,41 @@ def mark_expired_nodes_down() -> int:
 # ---------------------------------------------------------------- lookups
 
 
+_LOOKUP_COLUMNS = ("p.label, p.process_id, p.status, p.epoch, p.node_id, n.name, n.channel, "
+                   "(n.lease_expires_at > {now} AND n.status <> 'down'), p.id")
+
+
+def _lookup(r: tuple) -> Lookup:
+    return Lookup(r[0], r[1], r[2], r[3], r[4], r[5], r[6], bool(r[4] and r[7]), r[8])
+
+
 def lookup(label: str, process_id: str) -> Lookup | None:
-    row = lookup_row(label, process_id)
-    if row is None:
-        return None
-    status, _id, epoch, node_id, name, channel, alive = row
-    return Lookup(label, process_id, status, epoch, node_id, name, channel, alive)
+    """Where one process is (status, owner, epoch, whether the owner's lease is valid)."""
+    # Raw SQL: the same query through the ORM cost ~2 ms of Python per lookup (cold fetch, failover).
+    sql = (f"SELECT {_LOOKUP_COLUMNS.format(now=_now_sql())} FROM {PT} AS p LEFT JOIN {NT} AS n ON n.id = p.node_id "
+           f"WHERE p.label = %s AND p.process_id = %s")
+    with connection.cursor() as cur:
+        cur.execute(sql, [label, process_id])
+        row = cur.fetchone()
+    return None if row is None else _lookup(row)
 
 
 def lookup_many(keys: list[tuple[str, str]]) -> dict[tuple[str, str], Lookup]:
     """``lookup`` of many (label, process id) keys in one statement; missing keys are absent."""
     if not _is_pg():
         return {k: found for k in keys if (found := lookup(*k)) is not None}
-    sql = (
-        f"SELECT p.label, p.process_id, p.status, p.epoch, p.node_id, n.name, n.channel, "
-        f"(n.lease_expires_at > now() AND n.status <> 'down') "
-        f"FROM unnest(%s::text[], %s::text[]) AS k(l, pid) "
-        f"JOIN {PT} AS p ON p.label = k.l AND p.process_id = k.pid LEFT JOIN {NT} AS n ON n.id = p.node_id"
-    )
+    sql = (f"SELECT {_LOOKUP_COLUMNS.format(now='now()')} FROM unnest(%s::text[], %s::text[]) AS k(l, pid) "
+           f"JOIN {PT} AS p ON p.label = k.l AND p.process_id = k.pid LEFT JOIN {NT} AS n ON n.id = p.node_id")
     with connection.cursor() as cur:
         cur.execute(sql, [[k[0] for k in keys], [k[1] for k in keys]])
         rows = cur.fetchall()
-    return {(r[0], r[1]): Lookup(r[0], r[1], r[2], r[3], r[4], r[5], r[6], bool(r[4] and r[7])) for r in rows}
+    return {(r[0], r[1]): _lookup(r) for r in rows}
 
 
-def rows_for(node_id: str | None, limit: int) -> list[Row]:
-    qs = Process.objects.filter(status=ProcessStatus.RUNNING, node_id=node_id) if node_id else Process.objects.filter(
-        status=ProcessStatus.RUNNING, node__isnull=True
-    )
-    cols = ("id", "label", "process_id", "arg", "epoch", "restart", "handoff")
-    return [Row(*r) for r in qs.order_by("id").values_list(*cols)[:limit]]
+def rows_for(node_id: str) -> list[Row]:
+    """Every running row that names ``node_id``."""
+    qs = Process.objects.filter(status=ProcessStatus.RUNNING, node_id=node_id)
+    return [Row(*r) for r in qs.values_list(*ROW_COLUMNS)]
 
 
 def own_digest(node_id: str) -> tuple[int, int]:
@@ -211,7 +247,22 @@ def own_digest(node_id: str) -> tuple[int, int]:
     return agg["n"] or 0, agg["s"] or 0
 
 
+def rows_owned(node_id: str, ids: list[int]) -> list[Row]:
+    """Running rows among ``ids`` that name ``node_id`` (the check behind an activate hint)."""
+    qs = Process.objects.filter(id__in=ids, node_id=node_id, status=ProcessStatus.RUNNING)
+    return [Row(*r) for r in qs.values_list(*ROW_COLUMNS)]
+
+
+def rows_by_id(ids: list[int]) -> list[Row]:
+    qs = Process.objects.filter(id__in=ids, status=ProcessStatus.RUNNING)
+    return [Row(*r) for r in qs.values_list(*ROW_COLUMNS)]
+
+
 # ---------------------------------------------------------------- claims
+
+
+def _lease_ok(now: str) -> str:
+    return f"EXISTS (SELECT 1 FROM {NT} WHERE id = %s AND {_TAKES_SQL} AND lease_expires_at > {now})"
 
 
 def insert_new(node_id: str, items: list[tuple[str, str, Any, str]]) -> dict[tuple[str, str], int]:
@@ -229,13 +280,10 @@ def insert_new(node_id: str, items: list[tuple[str, str, Any, str]]) -> dict[tup
         f"INSERT INTO {PT} (label, process_id, arg, restart, node_id, epoch, status, restarts, last_error, "
         f"started_at, updated_at, metadata) "
     )
-    tail = (
-        f"WHERE EXISTS (SELECT 1 FROM {NT} WHERE id = %s AND status = 'up' AND lease_expires_at > {now}) "
-        f"ON CONFLICT (label, process_id) DO NOTHING RETURNING label, process_id, id"
-    )
+    tail = f"WHERE {_lease_ok(now)} ON CONFLICT (label, process_id) DO NOTHING RETURNING label, process_id, id"
     if _is_pg():
         # Four array parameters whatever the batch size: psycopg caches the parsed statement, where a
-        # VALUES list of 4 x 500 placeholders was re-parsed in Python on every batch (issue 4: activation).
+        # VALUES list of 4 x 500 placeholders was re-parsed in Python on every batch.
         sql = (
             f"{cols}SELECT v.l, v.p, v.a::jsonb, v.r, %s, 1, 'running', 0, '', {now}, {now}, '{{}}' "
             f"FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[]) AS v(l, p, a, r) {tail}"
@@ -257,34 +305,6 @@ def insert_new(node_id: str, items: list[tuple[str, str, Any, str]]) -> dict[tup
         return {(r[0], r[1]): r[2] for r in cur.fetchall()}
 
 
-def lookup_row(label: str, process_id: str) -> tuple | None:
-    """(status, id, epoch, node_id, node name, channel, owner alive) of one row, for a start decision."""
-    # Raw SQL: the same query through the ORM cost ~2 ms of Python per lookup (issue 4: cold fetch, failover).
-    sql = (
-        f"SELECT p.status, p.id, p.epoch, p.node_id, n.name, n.channel, "
-        f"(n.lease_expires_at > {_now_sql()} AND n.status <> 'down') "
-        f"FROM {PT} AS p LEFT JOIN {NT} AS n ON n.id = p.node_id "
-        f"WHERE p.label = %s AND p.process_id = %s"
-    )
-    with connection.cursor() as cur:
-        cur.execute(sql, [label, process_id])
-        row = cur.fetchone()
-    if row is None:
-        return None
-    return (*row[:6], bool(row[3] and row[6]))
-
-
-def rows_owned(node_id: str, ids: list[int]) -> list[Row]:
-    """Running rows among ``ids`` that name ``node_id`` (the check behind an activate hint)."""
-    qs = Process.objects.filter(id__in=ids, node_id=node_id, status=ProcessStatus.RUNNING)
-    return [Row(*r) for r in qs.values_list("id", "label", "process_id", "arg", "epoch", "restart", "handoff")]
-
-
-def rows_by_id(ids: list[int]) -> list[Row]:
-    qs = Process.objects.filter(id__in=ids, status=ProcessStatus.RUNNING)
-    return [Row(*r) for r in qs.values_list("id", "label", "process_id", "arg", "epoch", "restart", "handoff")]
-
-
 def claim(node_id: str, seen: list[tuple[int, int]], restart_from_stopped: bool = False,
           arg: Any = None) -> list[Row]:
     """Take rows (id, seen epoch) for ``node_id``: epoch+1 and owner in one statement.
@@ -300,45 +320,43 @@ def claim(node_id: str, seen: list[tuple[int, int]], restart_from_stopped: bool 
     # The status must still be the one the caller saw: a stop that lands between the
     # read and this claim (it does not bump the epoch) must not be undone.
     status_ok = "status <> 'running'" if restart_from_stopped else "status = 'running'"
-    lease_ok = (f"{status_ok} AND EXISTS (SELECT 1 FROM {NT} WHERE id = %s AND status = 'up' "
-                f"AND lease_expires_at > {now})")
     extra = ", restarts = 0, last_error = '', handoff = NULL" if restart_from_stopped else ""
     extra_params: list[Any] = []
     if restart_from_stopped:
         # A start of a stopped process runs it with the new argument.
         extra += ", arg = %s" + ("::jsonb" if _is_pg() else "")
         extra_params.append(_json(arg))
-    cols = "id, label, process_id, arg, epoch, restart, handoff"
     if _is_pg():
-        # Two array parameters whatever the batch size (a statement psycopg parses once; see insert_new).
+        # Array parameters whatever the batch size (a statement psycopg parses once; see insert_new). The rows
+        # are locked by primary key first (an index lookup each, whatever the table's statistics say), and a
+        # row locked by a frozen zombie's fenced() transaction is skipped rather than waited for: a later pass
+        # takes it once that session has been ended.
         sql = (
+            f"WITH v AS (SELECT * FROM unnest(%s::bigint[], %s::bigint[]) AS v(id, ep)), "
+            f"locked AS (SELECT p.id FROM v JOIN {PT} AS p ON p.id = v.id AND p.epoch = v.ep "
+            f"WHERE p.{status_ok} FOR UPDATE OF p SKIP LOCKED) "
             f"UPDATE {PT} AS p SET node_id = %s, epoch = p.epoch + 1, status = 'running', "
-            f"started_at = {now}, updated_at = {now}{extra} "
-            f"FROM unnest(%s::bigint[], %s::bigint[]) AS v(id, ep) "
-            f"WHERE p.id = v.id AND p.epoch = v.ep AND p.{lease_ok} "
-            # A row locked by a frozen zombie's fenced() transaction must not stall the whole
-            # batch: skip it now, take it on a later pass once the lock is gone.
-            f"AND p.id IN (SELECT id FROM {PT} WHERE id = ANY(%s::bigint[]) FOR UPDATE SKIP LOCKED) "
+            f"started_at = {now}, updated_at = {now}{extra} FROM locked "
+            f"WHERE p.id = locked.id AND {_lease_ok(now)} "
             f"RETURNING p.id, p.label, p.process_id, p.arg, p.epoch, p.restart, p.handoff"
         )
-        ids = [rid for rid, _ in seen]
-        params: list[Any] = [node_id, *extra_params, ids, [ep for _, ep in seen], node_id, ids]
+        params: list[Any] = [[rid for rid, _ in seen], [ep for _, ep in seen], node_id, *extra_params, node_id]
         with connection.cursor() as cur:
             cur.execute(sql, params)
-            return [Row(r[0], r[1], r[2], _load(r[3]), r[4], r[5], _load(r[6])) for r in cur.fetchall()]
+            return [_row(r) for r in cur.fetchall()]
     out = []
     with transaction.atomic():
         for rid, ep in seen:
             sql = (
                 f"UPDATE {PT} SET node_id = %s, epoch = epoch + 1, status = 'running', "
-                f"started_at = {now}, updated_at = {now}{extra} WHERE id = %s AND epoch = %s AND {lease_ok} "
-                f"RETURNING {cols}"
+                f"started_at = {now}, updated_at = {now}{extra} WHERE id = %s AND epoch = %s AND {status_ok} "
+                f"AND {_lease_ok(now)} RETURNING {', '.join(ROW_COLUMNS)}"
             )
             with connection.cursor() as cur:
                 cur.execute(sql, [node_id, *extra_params, rid, ep, node_id])
                 r = cur.fetchone()
             if r:
-                out.append(Row(r[0], r[1], r[2], _load(r[3]), r[4], r[5], _load(r[6])))
+                out.append(_row(r))
     return out
 
 
@@ -358,18 +376,25 @@ def finish(row_id: int, node_id: str | None, epoch: int, status: str, error: str
     return qs.update(status=status, node=None, updated_at=Now(), last_error=error[-10000:], handoff=None) == 1
 
 
+def stop_orphans(seen: list[tuple[int, int]], owner: str | None, status: str, error: str) -> int:
+    """``finish`` many rows of one dead owner at once (temporary processes lost with their node)."""
+    n = 0
+    for rid, epoch in seen:
+        n += finish(rid, owner, epoch, status, error)
+    return n
+
+
 def move(row_id: int, from_node: str, epoch: int, to_node: str | None, handoff: Any = None) -> int | None:
     """Hand a row from its live owner to another node (or to nobody): epoch+1, fenced on (owner, epoch).
 
-    The target must be up with a valid lease at this very statement: a node that began
-    draining (or died) since the mover chose it would never activate the row.
+    The target must be live at this very statement (up, or drained: placement only
+    picks a drained node when no node that is up can run the class); a node that
+    began leaving (or died) since the mover chose it would never activate the row.
     """
     qs = Process.objects.filter(id=row_id, node_id=from_node, epoch=epoch, status=ProcessStatus.RUNNING)
     if to_node is not None:
-        qs = qs.filter(Exists(Node.objects.filter(id=to_node, status=NodeStatus.UP, lease_expires_at__gt=Now())))
-    n = qs.update(
-        node_id=to_node, epoch=F("epoch") + 1, updated_at=Now(), handoff=handoff
-    )
+        qs = qs.filter(Exists(Node.objects.filter(id=to_node, status__in=TAKES, lease_expires_at__gt=Now())))
+    n = qs.update(node_id=to_node, epoch=F("epoch") + 1, updated_at=Now(), handoff=handoff)
     return epoch + 1 if n == 1 else None
 
 
@@ -377,21 +402,68 @@ def clear_handoff(row_id: int, epoch: int) -> None:
     Process.objects.filter(id=row_id, epoch=epoch).exclude(handoff=None).update(handoff=None)
 
 
-def owns(label: str, process_id: str, node_id: str, epoch: int, *, lock: bool) -> bool:
-    qs = Process.objects.filter(
-        label=label, process_id=process_id, node_id=node_id, epoch=epoch, status=ProcessStatus.RUNNING
-    )
-    if lock:
-        qs = qs.select_for_update()
-    return bool(list(qs.values_list("id", flat=True)[:1]))
-
-
 def stop_orphan(label: str, process_id: str, epoch: int) -> bool:
     """Stop a row whose owner is dead or absent (the client-side half of ``stop``)."""
-    dead = Node.objects.filter(Q(status=NodeStatus.DOWN) | Q(lease_expires_at__lte=Now()))
     return (
         Process.objects.filter(label=label, process_id=process_id, epoch=epoch, status=ProcessStatus.RUNNING)
-        .filter(Q(node__isnull=True) | Q(node__in=dead))
+        .filter(Q(node__isnull=True) | Q(node__in=_dead_nodes()))
         .update(status=ProcessStatus.STOPPED, node=None, updated_at=Now(), last_error="stopped while its node was down")
         == 1
     )
+
+
+# ---------------------------------------------------------------- fenced writes (I4)
+
+
+@dataclass(frozen=True, slots=True)
+class FenceToken:
+    """What ``fenced`` checks: this activation (node incarnation, epoch) still owns the row, under a lease."""
+
+    label: str
+    process_id: str
+    node_id: str
+    epoch: int
+    lease_valid: Callable[[], bool]
+    ttl: float
+
+
+def owns(label: str, process_id: str, node_id: str, epoch: int, *, lock: bool) -> bool:
+    """Whether (node, epoch) still owns the process and the node's lease is valid in the database's clock."""
+    qs = Process.objects.filter(
+        label=label, process_id=process_id, node_id=node_id, epoch=epoch, status=ProcessStatus.RUNNING,
+        node__lease_expires_at__gt=Now(),
+    )
+    if lock:
+        qs = qs.select_for_update(of=("self",))
+    return bool(list(qs.values_list("id", flat=True)[:1]))
+
+
+@contextlib.contextmanager
+def fenced(token: FenceToken) -> Iterator[None]:
+    """A transaction that commits only while ``token`` owns its row (see ``HordeProcess.fenced``).
+
+    It locks the process row (a takeover's claim skips it until the transaction
+    ends) and tags the session, so that a node taking over from a frozen owner
+    can end the session instead of waiting for it. As a backstop the transaction
+    ends itself if it idles longer than NODE_TTL.
+    """
+    if not token.lease_valid():
+        raise Fenced(f"{token.process_id!r} epoch {token.epoch}: this node's lease has ended")
+    try:
+        with transaction.atomic():
+            if _is_pg():
+                with connection.cursor() as cur:
+                    cur.execute("SELECT set_config('application_name', %s, true), "
+                                "set_config('idle_in_transaction_session_timeout', %s, true)",
+                                [FENCED_APP + token.node_id, str(int(token.ttl * 1000))])
+            if not owns(token.label, token.process_id, token.node_id, token.epoch, lock=True):
+                raise Fenced(f"{token.process_id!r} epoch {token.epoch} is no longer owned by this activation")
+            yield
+            if not token.lease_valid():
+                # The block outlived the lease: another node may own the row by now, so roll back.
+                raise Fenced(f"{token.process_id!r} epoch {token.epoch}: the lease ended inside fenced()")
+    except DatabaseError as exc:
+        if not token.lease_valid():
+            raise Fenced(f"{token.process_id!r} epoch {token.epoch}: the lease ended inside fenced() "
+                         f"({type(exc).__name__})") from exc
+        raise

@@ -12,8 +12,10 @@ from .exceptions import InvalidArgument, InvalidMessage
 
 # Envelope kinds, client -> node.
 START, CALL, CAST, STOP, MOVE, ACTIVATE = "start", "call", "cast", "stop", "move", "activate"
-# Admin -> node: take no new processes, hand every process away, keep running (no "l"/"p").
-DRAIN = "drain"
+# Admin -> node: take no new processes, hand every process away, keep running; and back (no "l"/"p").
+DRAIN, UNDRAIN = "drain", "undrain"
+# The kinds addressed to one process: they carry its class label "l" and id "p".
+ADDRESSED = frozenset({START, CALL, CAST, STOP, MOVE})
 # Node -> client.
 REPLY = "reply"
 # Registry hints on the events channel.
@@ -37,14 +39,66 @@ def dumps(obj: Any) -> bytes:
     return _encoder.encode(obj).encode("utf-8", "backslashreplace")
 
 
-def loads(data: bytes | str) -> dict:
+# What an envelope may add around the largest argument or message it carries.
+ENVELOPE_OVERHEAD = 4096
+# The deepest nesting of arrays and objects a received envelope may have.
+MAX_DEPTH = 64
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON data")
+
+
+def loads(data: bytes | str, max_bytes: int | None = None) -> dict:
+    """Decode one received envelope, refusing what a sender's checks would have refused (DESIGN I8).
+
+    Bounded work whatever arrives: the size is checked before parsing, NaN and
+    Infinity are refused, and nesting deeper than MAX_DEPTH is refused (counted
+    only when the text holds that many brackets at all, so small messages pay nothing).
+    """
+    if max_bytes is not None and len(data) > max_bytes + ENVELOPE_OVERHEAD:
+        raise InvalidMessage(f"envelope of {len(data)} bytes is larger than MAX_MESSAGE_BYTES allows")
     try:
-        obj = json.loads(data)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise InvalidMessage(f"not JSON: {exc}") from None
+        obj = json.loads(data, parse_constant=_refuse_constant)
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        raise InvalidMessage(f"not JSON data: {str(exc)[:200]}") from None
     if not isinstance(obj, dict) or not isinstance(obj.get("t"), str):
         raise InvalidMessage("an envelope must be a JSON object with a string 't'")
+    raw = data if isinstance(data, bytes) else data.encode("utf-8", "surrogatepass")
+    if raw.count(b"[") + raw.count(b"{") > MAX_DEPTH and depth(obj) > MAX_DEPTH:
+        raise InvalidMessage(f"envelope nests deeper than {MAX_DEPTH} levels")
     return obj
+
+
+def depth(value: Any) -> int:
+    """How deeply arrays and objects nest in ``value`` (iterative: any depth is safe)."""
+    deepest = 0
+    stack = [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, dict):
+            deepest = max(deepest, level)
+            stack.extend((v, level + 1) for v in item.values())
+        elif isinstance(item, list):
+            deepest = max(deepest, level)
+            stack.extend((v, level + 1) for v in item)
+    return deepest
+
+
+def reply_address(data: bytes, max_bytes: int) -> tuple[str, str] | None:
+    """Where to answer a message that failed validation ("r", "id"), if it can be read at all."""
+    if len(data) > max_bytes + ENVELOPE_OVERHEAD:
+        return None
+    try:
+        env = json.loads(data, parse_constant=_refuse_constant)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        return None
+    if not isinstance(env, dict):
+        return None
+    reply_to, corr = env.get("r"), env.get("id")
+    if isinstance(reply_to, str) and isinstance(corr, str):
+        return reply_to, corr
+    return None
 
 
 def check_data(value: Any, what: str, max_bytes: int, exc: type[InvalidArgument] = InvalidMessage) -> None:

@@ -63,6 +63,11 @@ class HubNode(bootsteps.StartStopStep):
     Started after the pool, so the first prefork children are forked before the
     node's threads exist; children forked later (replacements) make their own
     runtime on first use because the runtime checks its pid.
+
+    Like ``runhub``, a worker whose node finds its lease ended while a plain
+    ``def`` handler it cannot stop is still running ends its OS process (status
+    70) rather than let that handler run beside the new owner; run the worker
+    under a process manager that restarts it.
     """
 
     requires = ("celery.worker.components:Pool",)
@@ -119,7 +124,7 @@ class HubNode(bootsteps.StartStopStep):
         node = self.node
         if node is None:
             return {}
-        return {"processhub": {"node": node.name, "incarnation": node.id, "processes": len(node.slots),
+        return {"processhub": {"node": node.name, "incarnation": node.id, "processes": len(node.activations),
                                "draining": node.draining, "fenced": node.fenced}}
 
 

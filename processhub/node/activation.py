@@ -1,325 +1,587 @@
-"""One process id on one node: its mailbox, and the activations that serve it one message at a time.
+"""One process id on one node: its activation loop, serving one message at a time.
 
-The mailbox outlives a restart in place, so messages queued behind a crash are
-handled by the next activation. Every message is handled only after checking
-that the node still holds its lease (DESIGN I3).
+An ``Activation`` owns one (label, process id) on a node from the claim that
+gave it the row to the moment its row is stopped, moved or taken away. It runs
+instances of the user's class one after the other (a restart in place is epoch
++ 1 and a new instance), over one mailbox that outlives a restart, so messages
+queued behind a crash reach the next instance.
+
+It talks to its node only through ``ActivationHost``: lease checks, registry
+writes, replies, lifecycle reports. Three promises live here:
+
+* every message is handled only while the node's lease is valid (DESIGN I3),
+  and async user code does not even resume after it ended: the activation's
+  coroutine runs under a guard that throws ``LeaseLost`` into it instead;
+* a failed ``init()`` of a takeover, restart or move follows the restart policy
+  like a crash; only a caller's fresh start gets the error instead (I9);
+* user code it cannot stop (a plain ``def`` callback in a thread, a
+  ``terminate()`` that ignores cancellation) is counted, so the node never
+  starts the same id again in this OS process while it runs (I10).
 """
 from __future__ import annotations
 
 import asyncio
+import collections.abc
+import enum
+import inspect
 import logging
 import time
 import traceback
 from collections import deque
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
 
-from . import decisions, store, wire
-from .exceptions import InvalidMessage
-from .models import ProcessStatus
+from .. import store, wire
+from ..conf import HubSettings
+from ..dbthreads import with_connection
+from ..exceptions import InvalidMessage
+from ..values import FAILED, STOPPED, NodeInfo, ProcessRef, Row
+from . import decisions
 
 if TYPE_CHECKING:
-    from .node import Node
-    from .process import HordeProcess
+    from ..process import HordeProcess
+    from ..runtime import Runtime
+    from .clock import Clock
 
 logger = logging.getLogger(__name__)
 
-# Mailbox item kinds besides the wire's call/cast.
-INFO, STOP_REQ, MOVE_REQ = "info", "stop", "move"
+
+class Origin(enum.Enum):
+    """Why an activation began; it decides what a failed ``init()`` means."""
+
+    START = "start"  # a caller's start created the row or restarted a stopped one: the caller gets the error
+    TAKEOVER = "takeover"  # claimed from a dead or absent owner
+    ASSIGNED = "assigned"  # the row already named this node (a move, a reconcile, a rejoin)
 
 
-class _Outcome:
-    def __init__(self, kind: str, reason: str = "", error: str = "", item: tuple | None = None) -> None:
-        self.kind, self.reason, self.error, self.item = kind, reason, error, item
-        # The crash reply to a caller, sent once the restart decision is in the database,
-        # so a caller that reads the registry after the error sees its effect.
-        self.reply: tuple | None = None
+class LeaseLost(asyncio.CancelledError):
+    """Thrown into an activation's coroutine when it would resume after its node's lease ended."""
 
 
-class Slot:
-    def __init__(self, node: Node, cls: type[HordeProcess], row: store.Row) -> None:
-        self.node = node
+# ---------------------------------------------------------------- mailbox items
+
+
+@dataclass(slots=True)
+class Call:
+    message: Any
+    reply_to: str | None
+    corr: str | None
+    deadline: float | None  # time.monotonic() after which the caller has given up
+
+
+@dataclass(slots=True)
+class Cast:
+    message: Any
+
+
+@dataclass(slots=True)
+class Info:
+    message: Any
+    epoch: int  # a timer of an earlier activation is dropped
+
+
+@dataclass(slots=True)
+class Request:
+    """A stop or a move, answered on ``reply_to``/``corr`` or through ``future`` (a node-internal request)."""
+
+    reply_to: str | None = None
+    corr: str | None = None
+    future: asyncio.Future | None = None
+
+
+@dataclass(slots=True)
+class StopRequest(Request):
+    pass
+
+
+@dataclass(slots=True)
+class MoveRequest(Request):
+    target: NodeInfo | None = None  # None: to nobody (the last node leaves its rows for the next boot)
+
+
+Item = Call | Cast | Info | StopRequest | MoveRequest
+
+
+class EndKind(enum.Enum):
+    EXIT = "exit"  # the process called exit()
+    CRASH = "crash"  # a callback raised
+    STOP = "stop"  # a stop request
+    MOVE = "move"  # a move request (drain, admin move)
+    FENCED = "fenced"  # the node's lease ended: the node stops everything itself
+
+
+@dataclass
+class Ended:
+    """How one instance ended."""
+
+    kind: EndKind
+    reason: str
+    error: str = ""
+    request: Request | None = None
+    # The crash reply to a caller, sent once the restart decision is in the database,
+    # so a caller that reads the registry after the error sees its effect.
+    reply: tuple[str | None, str | None, dict] | None = None
+
+
+# ---------------------------------------------------------------- the node, as an activation sees it
+
+
+class ActivationHost(Protocol):
+    """What an activation needs of its node, and nothing more."""
+
+    name: str
+    hs: HubSettings
+    clock: Clock
+    handler_pool: Executor
+    rt: Runtime
+
+    def lease_valid(self) -> bool: ...
+    def fence_soon(self, reason: str) -> None: ...
+    async def write(self, fn: Callable[..., Any], *args: Any, keys: Any = None) -> Any: ...
+    async def reply(self, reply_to: str | None, corr: str | None, data: dict) -> None: ...
+    async def wait_quiet(self, activation: Activation) -> None: ...
+    def retire(self, activation: Activation, reason: str, crashed: bool = False) -> None: ...
+    def lifecycle(self, event: str, activation: Activation | None = None, **extra: Any) -> None: ...
+    async def moved(self, activation: Activation, target: NodeInfo, new_epoch: int) -> None: ...
+    def metrics_call(self, label: str, seconds: float, kind: str = "call") -> None: ...
+
+
+# ---------------------------------------------------------------- the activation
+
+
+class Activation:
+    def __init__(self, host: ActivationHost, node_id: str, channel: str, cls: type[HordeProcess], row: Row,
+                 origin: Origin, since: int) -> None:
+        self.host = host
+        self.node_id = node_id  # the incarnation that claimed the row
+        self.channel = channel
         self.cls = cls
         self.row_id = row.id
         self.label = row.label
         self.process_id = row.process_id
-        self.key = (row.label, row.process_id)
+        self.key = row.key
         self.arg = row.arg
         self.epoch = row.epoch
         self.restart = row.restart
         self.handoff = row.handoff
-        self.mailbox = _Mailbox()
+        self.origin = origin
+        self.since = since  # the node's sequence value when it began (reconcile judges only older ones)
+        self.mailbox = Mailbox()
         self.ready: asyncio.Future = asyncio.get_running_loop().create_future()
         self.ready.add_done_callback(_consume)
         self.instance: HordeProcess | None = None
         self.restart_times: list[float] | tuple = ()  # no list per idle process until its first restart
         self.task: asyncio.Task | None = None
-        self.busy = False  # moving/stopping: reconcile leaves it alone
-        self.kill_reason = "shutdown"
+        self.current = True  # False once the node retired it: timers and stray messages are dropped
+        self.busy = False  # stopping or moving: reconcile and new requests leave it alone
+        self.threads = 0  # plain ``def`` callbacks of this activation still running in worker threads
+        self._kill_reason = "shutdown"
+        self._terminate_until: float | None = None  # None: terminate may run its full shutdown_timeout
+        self._quiet: asyncio.Future | None = None
 
-    def ref(self, created: bool = False):
-        from .client import ProcessRef
+    # ------------------------------------------------------------ seen from the node
 
-        node = self.node
-        return ProcessRef(self.label, self.process_id, node.name, node.id, self.epoch, created, node.channel)
+    def ref(self, created: bool = False) -> ProcessRef:
+        return ProcessRef(self.label, self.process_id, self.host.name, self.node_id, self.epoch, created, self.channel)
 
     def start(self) -> None:
-        self.task = asyncio.create_task(self._run(), name=f"processhub:{self.label}:{self.process_id}")
+        coro = _Guarded(self._run(), self._may_run)
+        self.task = asyncio.get_running_loop().create_task(coro, name=f"processhub:{self.label}:{self.process_id}")
+        self.task.add_done_callback(self._check_quiet)
 
-    def post(self, item: tuple) -> None:
-        self.mailbox.put_nowait(item)
+    def post(self, item: Item) -> None:
+        self.mailbox.put(item)
 
-    async def kill(self, reason: str, timeout: float) -> None:
-        """Cancel the activation (terminate(reason) runs, bounded by ``timeout``)."""
-        self.kill_reason = reason
+    def quiet(self) -> bool:
+        """No code of this activation runs any more: its task has ended and no callback runs in a thread."""
+        return (self.task is None or self.task.done()) and self.threads == 0
+
+    def wait_quiet(self) -> asyncio.Future:
+        if self._quiet is None:
+            self._quiet = asyncio.get_running_loop().create_future()
+        if self.quiet() and not self._quiet.done():
+            self._quiet.set_result(None)
+        return self._quiet
+
+    async def kill(self, reason: str, terminate_budget: float | None) -> bool:
+        """End the activation now (terminate(reason) runs, bounded); True when no code of it runs any more.
+
+        ``terminate_budget``: None lets ``terminate()`` run its full shutdown timeout,
+        0 skips it (the row already belongs to another activation, or the lease
+        ended long ago), a number bounds it in seconds.
+        """
+        self._kill_reason = reason
+        if terminate_budget is not None:
+            self._terminate_until = self.host.clock.now() + terminate_budget
+        wait = self._shutdown_timeout() if terminate_budget is None else terminate_budget
         if self.task is not None and not self.task.done():
             self.task.cancel()
             try:
-                await asyncio.wait_for(asyncio.shield(self.task), timeout + 1.0)
+                await asyncio.wait_for(asyncio.shield(self.task), wait + 0.5)
             except (TimeoutError, asyncio.CancelledError):
                 pass
         if not self.ready.done():
             # Killed before init finished: starters waiting on it get "not here" and retry.
             self.ready.cancel()
         self._fail_waiters(wire.E_NOT_HERE, f"{self.label} {self.process_id!r} moved or stopped ({reason})")
+        return self.quiet()
 
-    # ------------------------------------------------------------------ run
+    # ------------------------------------------------------------ the loop
 
-    def _new_instance(self) -> HordeProcess:
-        inst = self.cls.__new__(self.cls)
-        inst.process_id = self.process_id
-        inst.node = self.node.name
-        inst.node_id = self.node.id
-        inst.epoch = self.epoch
-        inst._slot = self
-        inst._exit_reason = None
-        inst.__init__()
-        return inst
+    def _may_run(self) -> bool:
+        if self.host.lease_valid():
+            return True
+        until = self._terminate_until
+        return until is not None and self.host.clock.now() < until
 
     async def _run(self) -> None:
-        """Run activations until the slot ends; an unexpected exit never leaves a dead slot registered."""
+        """Run instances until the activation ends; an unexpected exit never leaves a dead activation behind."""
         try:
-            await self._run_activations()
+            await self.host.wait_quiet(self)
+            await self._run_instances()
+        except LeaseLost:
+            self._abandon_quietly("lease lost")
         except asyncio.CancelledError:
             if asyncio.current_task().cancelling():
-                raise  # our own kill(): the killer cleans up
+                raise  # kill(): the killer cleans up
             logger.error("processhub: %s %r: user code raised CancelledError", self.label, self.process_id)
             self._abandon("cancelled by user code")
         except Exception:
             logger.exception("processhub: %s %r: activation loop failed", self.label, self.process_id)
             self._abandon("activation loop failed")
 
-    def _abandon(self, reason: str) -> None:
-        # Unblock starters and callers, and drop the slot so that the next reconcile
-        # (rows naming this node with no activation) starts the process again.
-        if not self.ready.done():
-            self.ready.set_exception(_Crash(RuntimeError(reason), reason))
-        self._fail_waiters(wire.E_NOT_HERE, reason)
-        self.node.forget(self, reason, crashed=True)
-
-    async def _run_activations(self) -> None:
-        node = self.node
+    async def _run_instances(self) -> None:
+        host = self.host
         while True:
-            if not node.lease_valid():
-                # The node froze between claiming this row and this first step (or a restart
-                # in place): the row may already run elsewhere, so init must not run (I1, I3).
-                # The fence kills this slot; starters waiting on it retry elsewhere.
-                node.fence_soon("lease ran out before an activation could start")
+            if not host.lease_valid():
+                # The node froze between the claim and this first step (or a restart): the row may
+                # already run elsewhere, so init must not run (I1, I3). The fence retires this activation.
+                host.fence_soon("lease ran out before an activation could start")
                 if not self.ready.done():
                     self.ready.cancel()
                 return
             inst = None
             try:
                 inst = self.instance = self._new_instance()  # runs the user's __init__
-                await node.invoke(inst.init, self.arg)
+                await self._invoke(inst.init, self.arg)
                 if self.handoff is not None:
-                    await node.invoke(inst.end_handoff, self.handoff)
+                    await self._invoke(inst.end_handoff, self.handoff)
                     self.handoff = None
                     await self._write(store.clear_handoff, self.row_id, self.epoch)
+            except LeaseLost:
+                raise  # no terminate(): the lease ended, any further user code would be zombie work
             except asyncio.CancelledError:
                 if inst is not None:
-                    await self._terminate(inst, self.kill_reason)
+                    await self._terminate(inst, self._kill_reason)
                 raise
             except Exception as exc:
-                error = _tb(exc)
-                logger.error("processhub: init of %s %r failed (epoch %s): %s", self.label, self.process_id,
-                             self.epoch, exc)
-                await self._write(store.finish, self.row_id, node.id, self.epoch, ProcessStatus.FAILED, error)
-                if not self.ready.done():
-                    self.ready.set_exception(_Crash(exc, error))
-                self._fail_waiters(wire.E_NOT_RUNNING, f"init failed: {exc!r}")
-                node.forget(self, "init failed", crashed=True)
-                return
-            if not self.ready.done():
-                self.ready.set_result(None)
-            node.lifecycle("started", self)
-            try:
-                outcome = await self._serve(inst)
-            except asyncio.CancelledError:
-                await self._terminate(inst, self.kill_reason)
-                raise
-            if outcome.kind == "fenced":
-                return  # the node fences every slot itself
-            await self._terminate(inst, outcome.reason)
-            if outcome.kind == "stop":
-                done = await self._write(store.finish, self.row_id, node.id, self.epoch, ProcessStatus.STOPPED, "")
-                await node.ack(outcome.item, bool(done))
-                self._fail_waiters(wire.E_NOT_RUNNING, "stopped")
-                node.forget(self, "stopped")
-                return
-            if outcome.kind == "move":
-                await self._move(outcome.item)
-                return
-            crashed = outcome.kind == "crash"
-            hs = node.hs
-            max_restarts = self.cls.max_restarts if self.cls.max_restarts is not None else hs.MAX_RESTARTS
-            max_seconds = self.cls.max_seconds if self.cls.max_seconds is not None else hs.MAX_SECONDS
-            now = time.monotonic()
-            action = decisions.after_exit(self.restart, crashed, self.restart_times, now, max_restarts, max_seconds)
-            if action == decisions.RESTART:
-                self.restart_times = [t for t in self.restart_times if now - t < max_seconds] + [now]
-                new_epoch = await self._write(store.bump_epoch, self.row_id, node.id, self.epoch, outcome.error, True)
-                if new_epoch is None:
-                    await self._send_crash_reply(outcome)
-                    node.forget(self, "superseded")
+                ended = self._crashed(exc, "init")
+                if self.origin is Origin.START:
+                    await self._fail_start(exc, ended.error)
                     return
-                self.epoch = new_epoch
-                await self._send_crash_reply(outcome)
-                node.lifecycle("restarted", self, reason=outcome.reason)
-                continue
-            status = ProcessStatus.FAILED if action == decisions.FAIL else ProcessStatus.STOPPED
-            error = outcome.error
-            if action == decisions.FAIL:
-                error = f"more than {max_restarts} restarts in {max_seconds}s; last error:\n{outcome.error}"
-            await self._write(store.finish, self.row_id, node.id, self.epoch, status, error)
-            await self._send_crash_reply(outcome)
-            self._fail_waiters(wire.E_NOT_RUNNING, f"{self.label} {self.process_id!r} is {status}")
-            node.forget(self, outcome.reason, crashed=crashed)
-            return
+            else:
+                if not self.ready.done():
+                    self.ready.set_result(None)
+                host.lifecycle("started", self)
+                try:
+                    ended = await self._serve(inst)
+                except LeaseLost:
+                    raise
+                except asyncio.CancelledError:
+                    await self._terminate(inst, self._kill_reason)
+                    raise
+                if ended.kind is EndKind.FENCED:
+                    return  # the node retires every activation itself
+                if ended.kind is EndKind.MOVE:
+                    await self._move(inst, ended.request)
+                    return
+                await self._terminate(inst, ended.reason)
+                if ended.kind is EndKind.STOP:
+                    await self._stop(ended.request)
+                    return
+            if not await self._after_exit(ended):
+                return
 
-    async def _serve(self, inst: HordeProcess) -> _Outcome:
-        node = self.node
-        if type(inst).handle_continue is not _base().handle_continue:
+    async def _fail_start(self, exc: Exception, error: str) -> None:
+        """A caller's fresh start whose init raised: the row fails, the caller gets the error."""
+        await self._write(store.finish, self.row_id, self.node_id, self.epoch, FAILED, error)
+        if not self.ready.done():
+            self.ready.set_exception(_InitCrash(exc, error))
+        self._fail_waiters(wire.E_NOT_RUNNING, f"init failed: {exc!r}")
+        self.host.retire(self, "init failed", crashed=True)
+
+    async def _after_exit(self, ended: Ended) -> bool:
+        """Apply the restart policy to an instance that exited or crashed; True to run the next instance."""
+        host, hs = self.host, self.host.hs
+        crashed = ended.kind is EndKind.CRASH
+        max_restarts = self.cls.max_restarts if self.cls.max_restarts is not None else hs.MAX_RESTARTS
+        max_seconds = self.cls.max_seconds if self.cls.max_seconds is not None else hs.MAX_SECONDS
+        now = time.monotonic()
+        action = decisions.after_exit(self.restart, crashed, self.restart_times, now, max_restarts, max_seconds)
+        if action is decisions.ExitAction.RESTART:
+            recent = [t for t in self.restart_times if now - t < max_seconds]
+            self.restart_times = [*recent, now]
+            new_epoch = await self._write(store.bump_epoch, self.row_id, self.node_id, self.epoch, ended.error, True)
+            await self._send_crash_reply(ended)
+            if new_epoch is None:
+                host.retire(self, "superseded")
+                return False
+            self.epoch = new_epoch
+            host.lifecycle("restarted", self, reason=ended.reason)
+            delay = decisions.restart_delay(len(recent))
+            if delay:
+                await asyncio.sleep(delay)
+            return True
+        status = FAILED if action is decisions.ExitAction.FAIL else STOPPED
+        error = ended.error
+        if action is decisions.ExitAction.FAIL:
+            error = f"more than {max_restarts} restarts in {max_seconds}s; last error:\n{ended.error}"
+        await self._write(store.finish, self.row_id, self.node_id, self.epoch, status, error)
+        await self._send_crash_reply(ended)
+        if not self.ready.done():
+            self.ready.set_exception(_InitCrash(RuntimeError(ended.reason), error))
+        self._fail_waiters(wire.E_NOT_RUNNING, f"{self.label} {self.process_id!r} is {status}")
+        host.retire(self, ended.reason, crashed=crashed)
+        return False
+
+    async def _serve(self, inst: HordeProcess) -> Ended:
+        host = self.host
+        if _overrides(inst, "handle_continue"):
             try:
-                await node.invoke(inst.handle_continue)
+                await self._invoke(inst.handle_continue)
             except Exception as exc:
-                return self._crash(exc)
+                return self._crashed(exc, "handle_continue")
+        mailbox = self.mailbox
         while True:
             if inst._exit_reason is not None:
-                return _Outcome("exit", inst._exit_reason)
-            mailbox = self.mailbox
+                return Ended(EndKind.EXIT, inst._exit_reason)
             while mailbox.empty():
                 await mailbox.wait()  # a bare future: no coroutine frame per idle process
-            item = mailbox.get_nowait()
-            kind = item[0]
-            if not node.lease_valid():
-                if kind == wire.CALL:
-                    await node.reply_error(item[2], item[3], wire.E_FENCED, "node lost its lease")
-                node.fence_soon("lease ran out while serving")
-                return _Outcome("fenced", "lease lost")
-            if kind == wire.CALL:
-                _, message, reply_to, corr, deadline = item
-                if deadline is not None and time.monotonic() > deadline:
+            item = mailbox.get()
+            if not host.lease_valid():
+                if type(item) is Call:
+                    await self._reply_error(item, wire.E_FENCED, "node lost its lease")
+                host.fence_soon("lease ran out while serving")
+                return Ended(EndKind.FENCED, "lease lost")
+            kind = type(item)
+            if kind is Call:
+                if item.deadline is not None and time.monotonic() > item.deadline:
                     continue  # the caller gave up already; handling it now would surprise everyone
                 t0 = time.perf_counter()
                 try:
-                    value = await node.invoke(inst.handle_call, message)
+                    value = await self._invoke(inst.handle_call, item.message)
                 except Exception as exc:
-                    outcome = self._crash(exc)
-                    outcome.reply = (reply_to, corr, {"ok": False, "err": wire.E_CRASHED, "msg": repr(exc),
-                                                      "exc_type": type(exc).__qualname__, "tb": outcome.error})
-                    return outcome
+                    ended = self._crashed(exc, "handle_call")
+                    ended.reply = (item.reply_to, item.corr, {
+                        "ok": False, "err": wire.E_CRASHED, "msg": repr(exc), "exc_type": type(exc).__qualname__,
+                        "tb": ended.error})
+                    return ended
                 handled = time.perf_counter() - t0
                 try:
+                    wire.check_data(value, "reply", host.hs.MAX_MESSAGE_BYTES)
                     data = {"ok": True, "v": value}
-                    wire.check_data(value, "reply", node.hs.MAX_MESSAGE_BYTES)
                 except InvalidMessage as exc:
                     data = {"ok": False, "err": wire.E_INVALID, "msg": str(exc)}
                 if inst._exit_reason is not None:
-                    outcome = _Outcome("exit", inst._exit_reason)
-                    outcome.reply = (reply_to, corr, data)
-                    return outcome
-                await node.reply(reply_to, corr, data)
-                node.metrics_call(self.label, handled)
-            elif kind == wire.CAST:
+                    ended = Ended(EndKind.EXIT, inst._exit_reason)
+                    ended.reply = (item.reply_to, item.corr, data)
+                    return ended
+                await host.reply(item.reply_to, item.corr, data)
+                host.metrics_call(self.label, handled)
+            elif kind is Cast:
                 t0 = time.perf_counter()
                 try:
-                    await node.invoke(inst.handle_cast, item[1])
+                    await self._invoke(inst.handle_cast, item.message)
                 except Exception as exc:
-                    return self._crash(exc)
-                node.metrics_call(self.label, time.perf_counter() - t0, wire.CAST)
-            elif kind == INFO:
-                if item[2] != self.epoch:
-                    continue  # a timer of an earlier activation
+                    return self._crashed(exc, "handle_cast")
+                host.metrics_call(self.label, time.perf_counter() - t0, wire.CAST)
+            elif kind is Info:
+                if item.epoch != self.epoch:
+                    continue  # a timer of an earlier instance
                 try:
-                    await node.invoke(inst.handle_info, item[1])
+                    await self._invoke(inst.handle_info, item.message)
                 except Exception as exc:
-                    return self._crash(exc)
-            elif kind == STOP_REQ:
-                return _Outcome("stop", "shutdown", item=item)
-            elif kind == MOVE_REQ:
-                return _Outcome("move", "handoff", item=item)
+                    return self._crashed(exc, "handle_info")
+            elif kind is StopRequest:
+                return Ended(EndKind.STOP, "shutdown", request=item)
+            elif kind is MoveRequest:
+                return Ended(EndKind.MOVE, "handoff", request=item)
 
-    async def _send_crash_reply(self, outcome: _Outcome) -> None:
-        if outcome.reply is not None:
-            await self.node.reply(*outcome.reply)
+    # ------------------------------------------------------------ endings
 
-    async def _write(self, fn, *args):
-        return await self.node.write(fn, *args, keys=(self.key,))
+    async def _stop(self, request: Request | None) -> None:
+        done = await self._write(store.finish, self.row_id, self.node_id, self.epoch, STOPPED, "")
+        await self._answer(request, bool(done))
+        self._fail_waiters(wire.E_NOT_RUNNING, "stopped")
+        self.host.retire(self, "stopped")
 
-    def _crash(self, exc: BaseException) -> _Outcome:
-        error = _tb(exc)
-        logger.warning("processhub: %s %r crashed on node %s (epoch %s): %r", self.label, self.process_id,
-                       self.node.name, self.epoch, exc)
-        self.node.lifecycle("crashed", self, reason=repr(exc))
-        return _Outcome("crash", f"crash: {exc!r}", error)
+    async def _move(self, inst: HordeProcess, request: Request | None) -> None:
+        """Hand this process to another node (or to nobody, on the last node): epoch + 1, fenced.
 
-    async def _terminate(self, inst: HordeProcess, reason: str) -> None:
-        timeout = self.cls.shutdown_timeout if self.cls.shutdown_timeout is not None else self.node.hs.SHUTDOWN_TIMEOUT
-        try:
-            await asyncio.wait_for(self.node.invoke(inst.terminate, reason), timeout)
-        except TimeoutError:
-            logger.warning("processhub: terminate of %s %r took longer than %ss", self.label, self.process_id, timeout)
-        except Exception:
-            logger.exception("processhub: terminate of %s %r raised", self.label, self.process_id)
-
-    async def _move(self, item: tuple) -> None:
-        """Hand this process to another node (or to nobody, on the last node): epoch+1, fenced."""
-        node = self.node
-        _, target, reply_to, corr = item
+        ``begin_handoff()`` runs first, then ``terminate("handoff")``: whatever terminate
+        cleans up is already in the handed-off state.
+        """
+        assert isinstance(request, MoveRequest)
+        host = self.host
+        target = request.target
         state = None
-        inst = self.instance
-        if inst is not None and type(inst).begin_handoff is not _base().begin_handoff:
+        if _overrides(inst, "begin_handoff"):
             try:
-                state = await node.invoke(inst.begin_handoff)
-                wire.check_data(state, "handoff state", node.hs.MAX_MESSAGE_BYTES)
+                state = await self._invoke(inst.begin_handoff)
+                wire.check_data(state, "handoff state", host.hs.MAX_MESSAGE_BYTES)
+            except asyncio.CancelledError:
+                raise
             except Exception:
                 logger.exception("processhub: begin_handoff of %s %r failed; moving cold", self.label,
                                  self.process_id)
                 state = None
+        await self._terminate(inst, "handoff")
         if target is None and self.restart == "temporary":
-            moved = await self._write(store.finish, self.row_id, node.id, self.epoch, ProcessStatus.STOPPED,
-                                     "node shut down")
+            moved = await self._write(store.finish, self.row_id, self.node_id, self.epoch, STOPPED, "node shut down")
         else:
-            moved = await self._write(store.move, self.row_id, node.id, self.epoch, target and target.id, state)
-        node.forget(self, "moved")
+            moved = await self._write(store.move, self.row_id, self.node_id, self.epoch, target and target.id, state)
+        host.retire(self, "moved")
         if moved and target is not None:
-            await node.hint_activate(target, self.row_id)
-            node.lifecycle("moved", self, to_node=target.name, new_epoch=moved)
-        await node.ack(item, bool(moved))
+            await host.moved(self, target, moved)
+        await self._answer(request, bool(moved))
         self._fail_waiters(wire.E_NOT_HERE, "moved")
 
+    async def _terminate(self, inst: HordeProcess, reason: str) -> None:
+        budget = self._shutdown_timeout()
+        if self._terminate_until is not None:
+            budget = min(budget, self._terminate_until - self.host.clock.now())
+        if budget <= 0:
+            return  # the lease ended long ago, or the row belongs to another activation: terminate would be zombie work
+        try:
+            await asyncio.wait_for(self._invoke(inst.terminate, reason), budget)
+        except TimeoutError:
+            logger.warning("processhub: terminate of %s %r took longer than %.2fs", self.label, self.process_id,
+                           budget)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            logger.exception("processhub: terminate of %s %r raised", self.label, self.process_id)
+
+    def _shutdown_timeout(self) -> float:
+        t = self.cls.shutdown_timeout
+        return t if t is not None else self.host.hs.SHUTDOWN_TIMEOUT
+
+    def _crashed(self, exc: BaseException, where: str) -> Ended:
+        error = _tb(exc)
+        logger.warning("processhub: %s %r crashed in %s on node %s (epoch %s): %r", self.label, self.process_id,
+                       where, self.host.name, self.epoch, exc)
+        self.host.lifecycle("crashed", self, reason=repr(exc))
+        return Ended(EndKind.CRASH, f"crash: {exc!r}", error)
+
+    def _abandon(self, reason: str) -> None:
+        # Unblock starters and callers, and retire the activation so that the next reconcile
+        # (rows naming this node with no activation) starts the process again.
+        if not self.ready.done():
+            self.ready.set_exception(_InitCrash(RuntimeError(reason), reason))
+        self._fail_waiters(wire.E_NOT_HERE, reason)
+        self.host.retire(self, reason, crashed=True)
+
+    def _abandon_quietly(self, reason: str) -> None:
+        # The lease ended under a running callback: the node's fence retires everything; just unblock.
+        if not self.ready.done():
+            self.ready.cancel()
+        self._fail_waiters(wire.E_FENCED, "node lost its lease")
+        self.host.fence_soon("lease ran out under a running callback")
+
+    # ------------------------------------------------------------ plumbing
+
+    def _new_instance(self) -> HordeProcess:
+        inst = self.cls.__new__(self.cls)
+        inst.process_id = self.process_id
+        inst.node = self.host.name
+        inst.node_id = self.node_id
+        inst.epoch = self.epoch
+        inst._activation = self
+        inst._exit_reason = None
+        inst.__init__()
+        return inst
+
+    async def _invoke(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Await an async callback, or run a plain ``def`` one in a worker thread (counted while it runs)."""
+        if inspect.iscoroutinefunction(fn):
+            return await fn(*args)
+        if not self._may_run():
+            raise LeaseLost()  # never hand user code to a thread once the lease has ended
+        loop = asyncio.get_running_loop()
+        self.threads += 1
+        try:
+            fut = loop.run_in_executor(self.host.handler_pool, self._in_thread, loop, fn, args)
+        except BaseException:
+            self.threads -= 1
+            raise
+        return await fut
+
+    def _in_thread(self, loop: asyncio.AbstractEventLoop, fn: Callable[..., Any], args: tuple) -> Any:
+        try:
+            return with_connection(fn, args)
+        finally:
+            try:
+                loop.call_soon_threadsafe(self._thread_done)
+            except RuntimeError:
+                pass  # the loop is closed: the node is gone, nobody counts any more
+
+    def _thread_done(self) -> None:
+        self.threads -= 1
+        self._check_quiet()
+
+    def _check_quiet(self, _task: Any = None) -> None:
+        if self._quiet is not None and not self._quiet.done() and self.quiet():
+            self._quiet.set_result(None)
+
+    async def _write(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return await self.host.write(fn, *args, keys=(self.key,))
+
+    async def _send_crash_reply(self, ended: Ended) -> None:
+        if ended.reply is not None:
+            await self.host.reply(*ended.reply)
+
+    async def _reply_error(self, item: Call, code: str, msg: str) -> None:
+        await self.host.reply(item.reply_to, item.corr, {"ok": False, "err": code, "msg": msg})
+
+    async def _answer(self, request: Request | None, ok: bool) -> None:
+        if request is None:
+            return
+        if request.future is not None:
+            if not request.future.done():
+                request.future.set_result(ok)
+        elif request.reply_to:
+            data = {"ok": True} if ok else {"ok": False, "err": wire.E_NOT_HERE, "msg": "not done"}
+            await self.host.reply(request.reply_to, request.corr, data)
+
     def _fail_waiters(self, code: str, msg: str) -> None:
-        """Answer every call still queued here, so callers retry elsewhere or learn the end."""
+        """Answer every request still queued here, so callers retry elsewhere or learn the end."""
         while not self.mailbox.empty():
-            item = self.mailbox.get_nowait()
-            if item[0] == wire.CALL:
-                asyncio.ensure_future(self.node.reply_error(item[2], item[3], code, msg))
-            elif item[0] in (STOP_REQ, MOVE_REQ):
-                asyncio.ensure_future(self.node.ack(item, False))
+            item = self.mailbox.get()
+            if type(item) is Call:
+                asyncio.ensure_future(self._reply_error(item, code, msg))
+            elif isinstance(item, Request):
+                asyncio.ensure_future(self._answer(item, False))
+
+    # ------------------------------------------------------------ for HordeProcess
+
+    def timer(self, seconds: float, message: Any, epoch: int) -> asyncio.TimerHandle:
+        """Deliver ``message`` to handle_info() of the instance of ``epoch`` after ``seconds`` (loop thread)."""
+
+        def fire() -> None:
+            if self.current and self.epoch == epoch:
+                self.post(Info(message, epoch))
+
+        return asyncio.get_running_loop().call_later(seconds, fire)
+
+    def fence_token(self, epoch: int) -> store.FenceToken:
+        return store.FenceToken(self.label, self.process_id, self.node_id, epoch, self.host.lease_valid,
+                                self.host.hs.NODE_TTL)
 
 
-class _Mailbox:
-    """A FIFO for one slot, cheap when idle (issue 4: memory per idle process).
+class Mailbox:
+    """A FIFO for one activation, cheap when idle (memory per idle process).
 
     asyncio.Queue costs about 3 KiB even when empty (four deques and an Event);
     this holds nothing but two slots while idle: the deque exists only while
@@ -332,7 +594,7 @@ class _Mailbox:
         self._items: deque | None = None
         self._waiter: asyncio.Future | None = None
 
-    def put_nowait(self, item: tuple) -> None:
+    def put(self, item: Item) -> None:
         if self._items is None:
             self._items = deque()
         self._items.append(item)
@@ -343,7 +605,7 @@ class _Mailbox:
     def empty(self) -> bool:
         return not self._items
 
-    def get_nowait(self) -> tuple:
+    def get(self) -> Item:
         items = self._items
         if not items:
             raise asyncio.QueueEmpty
@@ -359,13 +621,49 @@ class _Mailbox:
             waiter = self._waiter = asyncio.get_running_loop().create_future()
         return waiter
 
-    async def get(self) -> tuple:
-        while not self._items:
-            await self.wait()
-        return self.get_nowait()
+
+class _Guarded(collections.abc.Coroutine):
+    """Runs a coroutine one step at a time, each only while ``allowed()`` says so.
+
+    A node that wakes from a freeze (SIGSTOP, a long GC, a VM pause) past its lease
+    must not let an activation's async user code take one more step: the loop may
+    run that activation's timer before the node's own watchdog. So every resumption
+    of the activation's coroutine is checked first, and resumed with ``LeaseLost``
+    thrown at its await instead when the lease has ended.
+    """
+
+    __slots__ = ("_coro", "_allowed")
+
+    def __init__(self, coro: collections.abc.Coroutine, allowed: Callable[[], bool]) -> None:
+        self._coro = coro
+        self._allowed = allowed
+
+    def send(self, value: Any) -> Any:
+        if self._allowed():
+            return self._coro.send(value)
+        return self._coro.throw(LeaseLost())
+
+    def throw(self, typ: Any, val: Any = None, tb: Any = None) -> Any:
+        if val is None and tb is None:
+            return self._coro.throw(typ)
+        return self._coro.throw(typ, val, tb)  # the three-argument form, for old callers
+
+    def close(self) -> None:
+        self._coro.close()
+
+    def __await__(self) -> Any:
+        return self
+
+    def __iter__(self) -> Any:
+        return self
+
+    def __next__(self) -> Any:
+        return self.send(None)
 
 
-class _Crash(Exception):
+class _InitCrash(Exception):
+    """An activation that could not start: carries the remote error type and traceback for the starter."""
+
     def __init__(self, exc: BaseException, tb: str) -> None:
         super().__init__(repr(exc))
         self.exc_type = type(exc).__qualname__
@@ -382,10 +680,9 @@ def _consume(fut: asyncio.Future) -> None:
         fut.exception()
 
 
-def _base():
-    from .process import HordeProcess
+def _overrides(inst: Any, name: str) -> bool:
+    """Whether the user's class defines callback ``name`` (the base class's do nothing)."""
+    return not getattr(getattr(type(inst), name), "__processhub_default__", False)
 
-    return HordeProcess
 
-
-__all__: list[Any] = ["Slot"]
+__all__ = ["Activation", "ActivationHost", "Origin", "LeaseLost", "Mailbox"]

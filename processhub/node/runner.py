@@ -1,13 +1,20 @@
-"""The OS-process wrapper of a node: event loop, signal flags, metrics port, clean exit."""
+"""What ``manage.py runhub`` runs: one node in its own OS process, until SIGTERM or SIGINT.
+
+The runner owns the event loop, turns signals into a flag (the main coroutine
+does the drain), serves metrics when asked, and exits cleanly. A node that ends
+its own OS process because user code outlived its lease exits with status 70
+(see lease.py): run ``runhub`` under a process manager (systemd, supervisord,
+Kubernetes) that starts it again.
+"""
 from __future__ import annotations
 
 import asyncio
 import logging
 import signal
 
-from .conf import hub_settings
+from ..conf import hub_settings
+from ..runtime import install_runtime
 from .node import Node
-from .runtime import install_runtime
 
 logger = logging.getLogger(__name__)
 
@@ -29,9 +36,9 @@ class NodeRunner:
             loop.add_signal_handler(sig, stop.set)
         hs = hub_settings()
         if hs.METRICS_PORT:
-            from .metrics import start_http_server
+            from ..metrics import start_http_server
 
-            start_http_server(int(hs.METRICS_PORT))
+            start_http_server(int(hs.METRICS_PORT), hs.METRICS_ADDR)
         rt = await install_runtime()
         node = self.node_class(rt, self.name)
         await node.start()

@@ -12,15 +12,15 @@ import asyncio
 import base64
 import logging
 
-from .exceptions import TransportUnavailable
-from .transport import Handler, Transport
+from ..exceptions import TransportUnavailable
+from .base import Handler, Transport
 
 logger = logging.getLogger(__name__)
 
 
 class ChannelLayerTransport(Transport):
     def __init__(self, alias: str | None = None) -> None:
-        from .conf import hub_settings
+        from ..conf import hub_settings
 
         self.alias = alias or hub_settings().CHANNEL_LAYER
         self.layer = None

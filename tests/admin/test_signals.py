@@ -9,7 +9,6 @@ from processhub import signals
 from processhub.exceptions import ProcessCrashed
 from processhub.models import Process
 from processhub.node import Node
-from processhub.runtime import close_pool_connections
 from tests.cluster.harness import wait_for
 from tests.hubtest.processes import Echo, Transient
 
@@ -118,11 +117,11 @@ def test_move_drain_and_node_signals(embedded, recorded):
         expected = Process.objects.filter(node_id=second.id, status="running").count()
         assert expected > 0 and rt.run_sync(rt.client.drain("second")) == expected
         wait_for(lambda: recorded.of("node_draining", node="second"), 5, "node_draining")
-        wait_for(lambda: not second.slots, 10, "second to hand everything off")
+        wait_for(lambda: not second.activations, 10, "second to hand everything off")
         assert all(m["to_node"] == first.name for m in recorded.of("process_moved", node="second"))
         assert second.lease_valid() and second.draining
     finally:
         asyncio.run_coroutine_threadsafe(second.drain(), rt.loop).result(20)
-        close_pool_connections(second._hb_pool, 1)
+        second.close()
     [down] = wait_for(lambda: recorded.of("node_down", node="second"), 5, "node_down")
     assert down["reason"] == "shutdown" and down["node_id"] == second.id

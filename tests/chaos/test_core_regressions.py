@@ -24,7 +24,7 @@ pytestmark = [pytest.mark.chaos]
 
 def _freeze_past_lease(node) -> None:
     """Block the node's loop until its lease has run out (and a bit): the process froze here."""
-    time.sleep(max(0.0, node.lease_deadline - time.monotonic()) + 0.3)
+    time.sleep(max(0.0, node.lease.lease.soft - node.clock.now()) + 0.3)
 
 
 def _orphans(recording, n: int) -> list[str]:
@@ -44,7 +44,7 @@ def _wait_refenced_and_running(node, old_id: str, pids: list[str], recording) ->
 def test_claim_completing_after_a_freeze_does_not_activate(embedded, recording):
     """A takeover claim whose answer is read after the lease ran out must not start anything.
 
-    Bug: ``Node._current`` only looked at the fenced flag, which the watchdog sets
+    Bug: ``Node.current`` only looked at the fenced flag, which the watchdog sets
     *after* the loop wakes up; a claim result handled first activated rows under an
     expired lease, possibly already re-claimed by another node (I1).
     """
@@ -63,7 +63,7 @@ def test_claim_completing_after_a_freeze_does_not_activate(embedded, recording):
     node.write = write_then_freeze
     try:
         pids = _orphans(recording, 5)
-        embedded.loop.call_soon_threadsafe(node._poke.set)
+        embedded.loop.call_soon_threadsafe(node.reconciler.wake)
         wait_for(frozen.is_set, 10, "the node to claim the orphans")
         _wait_refenced_and_running(node, old_id, pids, recording)
     finally:
@@ -78,30 +78,30 @@ def test_claim_completing_after_a_freeze_does_not_activate(embedded, recording):
 def test_activation_frozen_before_its_first_step_does_not_start(embedded, recording):
     """An activation created just before a freeze must check the lease before init.
 
-    Bug: ``Slot._run`` ran ``init`` without a lease check; after a freeze its first
+    Bug: ``Activation._run`` ran ``init`` without a lease check; after a freeze its first
     step runs before the watchdog's (already queued ahead of the watchdog's timer),
     so init ran with an expired lease.
     """
     node = embedded.node
-    original = node._activate
+    original = node.activate
     frozen = threading.Event()
 
-    def activate_then_freeze(row):
-        slot = original(row)
+    def activate_then_freeze(row, origin):
+        act = original(row, origin)
         if not frozen.is_set():
             frozen.set()
             _freeze_past_lease(node)
-        return slot
+        return act
 
     old_id = node.id
-    node._activate = activate_then_freeze
+    node.activate = activate_then_freeze
     try:
         pids = _orphans(recording, 3)
-        embedded.loop.call_soon_threadsafe(node._poke.set)
+        embedded.loop.call_soon_threadsafe(node.reconciler.wake)
         wait_for(frozen.is_set, 10, "the node to activate an orphan")
         _wait_refenced_and_running(node, old_id, pids, recording)
     finally:
-        node._activate = original
+        node.activate = original
     verdict = recording.judge(pids, None)
     print(verdict.summary())
     assert not verdict.late_starts, verdict.summary()
@@ -111,7 +111,7 @@ def test_activation_frozen_before_its_first_step_does_not_start(embedded, record
 def test_start_answered_when_its_activation_is_killed_during_init(embedded):
     """A start waiting for an init that never finishes (the node fenced meanwhile) must not hang.
 
-    Bug: ``Slot.kill`` cancelled the activation task but left ``slot.ready`` pending,
+    Bug: ``Activation.kill`` cancelled the activation task but left ``slot.ready`` pending,
     so the starter waited for its whole timeout (CallTimeout) instead of retrying.
     """
     node = embedded.node
@@ -128,8 +128,8 @@ def test_start_answered_when_its_activation_is_killed_during_init(embedded):
 
     thread = threading.Thread(target=starter)
     thread.start()
-    wait_for(lambda: (SlowInit.label, "slow") in node.slots, 5, "the slow init to begin")
-    asyncio.run_coroutine_threadsafe(node.fence("test: lease lost during init"), embedded.loop).result(10)
+    wait_for(lambda: (SlowInit.label, "slow") in node.activations, 5, "the slow init to begin")
+    asyncio.run_coroutine_threadsafe(node.lease.fence("test: lease lost during init"), embedded.loop).result(10)
     thread.join(15)
     print(result)
     assert "error" not in result, result
@@ -172,7 +172,7 @@ def test_unstorable_start_argument_is_refused_and_does_not_poison_its_batch(embe
 def test_start_during_a_resync_kill_does_not_make_twin_instances(embedded, recording):
     """A start that activates a row while the resync is busy killing a stale slot must win alone.
 
-    Bug: ``Node._sync_own`` decided what to activate, then awaited the kills, then
+    Bug: ``Reconciler.sync_own`` decided what to activate, then awaited the kills, then
     activated from its stale decision; a start that had activated the same row
     meanwhile was "superseded" by a second instance of the same epoch, the two
     alive together (I1, invisible to an epoch-keyed detector).
@@ -190,10 +190,10 @@ def test_start_during_a_resync_kill_does_not_make_twin_instances(embedded, recor
                                node_id=node.id, epoch=5, status=ProcessStatus.RUNNING, restart="permanent")
         # after killing (slowly) a slot whose row moved on.
         Process.objects.filter(label=SlowTerminate.label, process_id="slow-stop").update(epoch=F("epoch") + 1)
-    wait_for(lambda: (SlowTerminate.label, "slow-stop") not in node.slots, 5, "the resync to start the kill")
+    wait_for(lambda: (SlowTerminate.label, "slow-stop") not in node.activations, 5, "the resync to start the kill")
     ref = ChaosRecorder.start(recording.arg("twin"))
     assert ref.epoch == 5
-    wait_for(lambda: (SlowTerminate.label, "slow-stop") in node.slots, 10, "the resync to finish and run again")
+    wait_for(lambda: (SlowTerminate.label, "slow-stop") in node.activations, 10, "the resync to finish and run again")
     since = time.time()
     recording.wait_alive(["twin"], since, 5)
     verdict = recording.judge(["twin"], since)

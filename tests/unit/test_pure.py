@@ -1,10 +1,12 @@
-"""Pure decisions as tables: placement, restart policy, reconcile diff, wire validation."""
+"""Pure functions as tables: placement, wire validation, RESP and frames."""
 import math
 
 import pytest
 
-from processhub import decisions, placement, wire
+from processhub import placement, wire
+from processhub.transport import resp
 from processhub.exceptions import InvalidArgument, InvalidMessage
+from processhub.values import NodeInfo
 
 
 def test_rendezvous_is_deterministic_and_total():
@@ -27,47 +29,28 @@ def test_rendezvous_moves_only_what_it_must():
     assert all(gone[k] == before[k] for k in before if before[k] != "b")  # a leave moves only its own
 
 
-@pytest.mark.parametrize(
-    "policy, crashed, recent, expected",
-    [
-        ("permanent", True, [], decisions.RESTART),
-        ("permanent", False, [], decisions.RESTART),
-        ("permanent", True, [9.0, 9.5, 9.9], decisions.FAIL),  # 3 restarts in 5 s already
-        ("permanent", True, [1.0, 2.0, 9.9], decisions.RESTART),  # old ones fell out of the window
-        ("transient", True, [], decisions.RESTART),
-        ("transient", False, [], decisions.STOP),
-        ("transient", True, [8.0, 9.0, 9.9], decisions.FAIL),
-        ("temporary", True, [], decisions.STOP),
-        ("temporary", False, [], decisions.STOP),
-    ],
-)
-def test_after_exit(policy, crashed, recent, expected):
-    assert decisions.after_exit(policy, crashed, recent, 10.0, 3, 5.0) == expected
+def node(name, labels=("a.X",), status="up"):
+    return NodeInfo(f"id-{name}", name, f"ch-{name}", frozenset(labels), status)
 
 
-@pytest.mark.parametrize(
-    "rows, running, busy, activate, kill",
-    [
-        ({}, {}, [], [], []),
-        ({"a": 1}, {"a": 1}, [], [], []),
-        ({"a": 2}, {}, [], ["a"], []),  # moved to us, not running yet
-        ({}, {"a": 1}, [], [], ["a"]),  # no longer ours
-        ({"a": 3}, {"a": 2}, [], [], ["a"]),  # epoch moved on under us
-        ({"a": 2}, {}, ["a"], [], []),  # being claimed right now
-        ({}, {"a": 1}, ["a"], [], []),  # being moved right now
-    ],
-)
-def test_diff_own(rows, running, busy, activate, kill):
-    d = decisions.diff_own(rows, running, busy)
-    assert (sorted(d.activate), sorted(d.kill)) == (activate, kill)
-
-
-@pytest.mark.parametrize("restart, me, expected", [
-    ("permanent", True, "claim"), ("transient", True, "claim"), ("temporary", True, "stop"),
-    ("permanent", False, None), ("temporary", False, None),
+@pytest.mark.parametrize("nodes, label, expected", [
+    ([node("a"), node("b")], "a.X", {"a", "b"}),
+    ([node("a"), node("b", labels=())], "a.X", {"a"}),  # b has not got the class
+    ([node("a", labels=())], "a.X", set()),  # nobody has it
+    ([node("a", status="draining"), node("b")], "a.X", {"b"}),  # drained nodes only when no node that is up can
+    ([node("a", status="draining"), node("b", labels=())], "a.X", {"a"}),  # ... like here
+    ([node("a", status="draining")], "a.X", {"a"}),  # the last node standing is drained
 ])
-def test_orphan_action(restart, me, expected):
-    assert decisions.orphan_action(restart, me) == expected
+def test_placement_eligible_nodes(nodes, label, expected):
+    assert {n.name for n in placement.eligible(label, nodes)} == expected
+    chosen = placement.choose_node(label, "p1", nodes)
+    assert (chosen.name if chosen else None) in (expected or {None})
+
+
+def test_placement_key_is_one_string_per_label_and_id():
+    assert placement.key("app.Room", "7") == "app.Room:7"
+    nodes = [node("a"), node("b"), node("c")]
+    assert placement.choose_node("a.X", "7", nodes).name == placement.choose(placement.key("a.X", "7"), "abc")
 
 
 @pytest.mark.parametrize("value", [object(), {1, 2}, math.nan, math.inf, b"bytes", {"k": lambda: 1}])
@@ -92,3 +75,79 @@ def test_bad_ids(pid):
 def test_loads_refuses_malformed_envelopes(data):
     with pytest.raises(InvalidMessage):
         wire.loads(data)
+
+
+@pytest.mark.parametrize("data, why", [
+    (b'{"t": "call", "m": NaN}', "not JSON data"),
+    (b'{"t": "call", "m": Infinity}', "not JSON data"),
+    (b'{"t": "call", "m": ' + b"[" * 100 + b"]" * 100 + b"}", "deeper"),
+    (b'{"t": "call", "m": ' + b"[" * 100000 + b"]" * 100000 + b"}", "not JSON data|deeper|larger"),
+    (b'{"t": "call", "m": "' + b"x" * 6000 + b'"}', "larger"),
+])
+def test_loads_refuses_hostile_envelopes(data, why):
+    with pytest.raises(InvalidMessage, match=why):
+        wire.loads(data, 1000)
+
+
+def test_loads_accepts_nesting_up_to_the_limit():
+    deep = b"[" * (wire.MAX_DEPTH - 1) + b"]" * (wire.MAX_DEPTH - 1)
+    assert wire.loads(b'{"t": "call", "m": ' + deep + b"}", 10_000)["t"] == "call"
+
+
+@pytest.mark.parametrize("data, expected", [
+    (b'{"t": "call", "r": "ch", "id": "7"}', ("ch", "7")),
+    (b'{"t": "call", "r": "ch"}', None),
+    (b'{"t": "call", "r": 1, "id": "7"}', None),
+    (b"not json", None),
+    (b'{"r": "ch", "id": "' + b"x" * 9000 + b'"}', None),  # too large to look at
+])
+def test_reply_address(data, expected):
+    assert wire.reply_address(data, 1000) == expected
+
+
+@pytest.mark.parametrize("chunks, expected", [
+    ([b"+OK\r\n"], ["OK"]),
+    ([b":42\r\n"], [42]),
+    ([b"$3\r\nabc\r\n"], [b"abc"]),
+    ([b"$-1\r\n"], [None]),
+    ([b"*3\r\n$7\r\nmessage\r\n$2\r\nch\r\n$2\r\nhi\r\n"], [[b"message", b"ch", b"hi"]]),
+    ([b"$3\r\na", b"bc\r\n:1\r", b"\n"], [b"abc", 1]),  # split anywhere
+    ([b"*2\r\n:1\r\n", b":2\r\n"], [[1, 2]]),
+])
+def test_resp_reader(chunks, expected):
+    reader, got = resp.RespReader(), []
+    for chunk in chunks:
+        reader.feed(chunk)
+        while (reply := reader.gets()) is not False:
+            got.append(reply)
+    assert got == expected
+
+
+def test_resp_reader_errors_and_pack():
+    reader = resp.RespReader()
+    reader.feed(b"-WRONGPASS invalid\r\n")
+    assert isinstance(reader.gets(), resp.RedisReplyError)
+    reader.feed(b"?bad\r\n")
+    with pytest.raises(resp.RedisReplyError):
+        reader.gets()
+    assert resp.pack(b"AUTH", b"pw") == b"*2\r\n$4\r\nAUTH\r\n$2\r\npw\r\n"
+
+
+@pytest.mark.parametrize("messages", [[b"a"], [b"a", b"", b"ccc"], [b"x" * 100_000] * 5])
+def test_frames_round_trip(messages):
+    payloads, groups = resp.frames(messages, list(range(len(messages))))
+    assert all(len(p) <= resp.FRAME_MAX + 4 + 100_000 for p in payloads)
+    assert sum(groups, []) == list(range(len(messages)))
+    out = []
+    for p in payloads:
+        got, dropped = resp.unframe(p)
+        assert not dropped
+        out += got
+    assert out == messages
+
+
+def test_unframe_bounds_what_it_returns():
+    payload, _ = resp.frames([b"."] * 10, list(range(10)))
+    assert resp.unframe(payload[0], max_frames=4) == ([b"."] * 4, 1)
+    truncated = resp.FRAME_MARK + (100).to_bytes(4, "big") + b"short"
+    assert resp.unframe(truncated) == ([truncated], 0)  # malformed: handed on whole, its reader rejects it

@@ -23,14 +23,16 @@ def row(owner, epoch=3, status=ProcessStatus.RUNNING):
 
 
 @pytest.mark.django_db
-def test_move_refuses_a_target_that_is_not_up():
+def test_move_refuses_a_target_that_is_leaving_or_dead():
     node("a")
-    node("b", status=NodeStatus.DRAINING)
+    node("b", status=NodeStatus.LEAVING)
     node("c", alive=False)
+    node("e", status=NodeStatus.DOWN)
     r = row("a")
     assert store.move(r.id, "a", 3, "b") is None
     assert store.move(r.id, "a", 3, "c") is None
-    node("d")
+    assert store.move(r.id, "a", 3, "e") is None
+    node("d", status=NodeStatus.DRAINING)  # placement picks a drained node only when no node that is up can
     assert store.move(r.id, "a", 3, "d") == 4
 
 

@@ -2,7 +2,7 @@
 from django.core.management.base import BaseCommand, CommandError
 
 from processhub.conf import hub_settings
-from processhub.supervisor import NodeRunner
+from processhub.node.runner import NodeRunner
 
 
 class Command(BaseCommand):

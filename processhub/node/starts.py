@@ -1,0 +1,233 @@
+"""Starts on a node: group commit, one activation per key, and the start case of an existing row.
+
+Every start waiting here goes into one INSERT (``BATCH_SIZE`` rows a statement):
+the unique constraint on (label, process id) arbitrates races between nodes.
+A key is in at most one batch entry at a time (later starts of it join the
+first), so a batch can never activate a key twice. A start that finds the row
+already there decides by ``decisions.start_case``: join, redirect, claim or retry.
+"""
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from django.db import DatabaseError
+
+from .. import classes, store, wire
+from ..exceptions import InvalidArgument, InvalidMessage
+from ..values import ProcessRef, Row
+from . import decisions
+from .activation import Activation, Origin
+
+if TYPE_CHECKING:
+    from .node import Node
+
+logger = logging.getLogger(__name__)
+
+Key = tuple[str, str]
+
+# Rounds a start may take when the row keeps changing under it (a race with other nodes' claims).
+START_ROUNDS = 5
+
+
+class Result(enum.Enum):
+    ACTIVATION = "activation"  # runs (or will run) here: wait for its init
+    ELSEWHERE = "elsewhere"  # runs on another live node
+    ERROR = "error"  # answer the caller with an error code
+    RETRY = "retry"  # the row changed under us: decide again
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    result: Result
+    activation: Activation | None = None
+    created: bool = False
+    ref: ProcessRef | None = None
+    code: str = ""
+    message: str = ""
+
+    @classmethod
+    def error(cls, code: str, message: str) -> Outcome:
+        return cls(Result.ERROR, code=code, message=message)
+
+
+RETRY = Outcome(Result.RETRY)
+
+
+@dataclass(slots=True)
+class _Pending:
+    key: Key
+    arg: Any
+    restart: str
+    future: asyncio.Future
+
+
+class StartBatcher:
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        self.claiming: dict[Key, asyncio.Future] = {}  # keys with a start in flight here
+        self._queue: list[_Pending] = []
+        self._queued = asyncio.Event()
+
+    # ------------------------------------------------------------ one start request
+
+    async def start(self, key: Key, arg: Any) -> dict:
+        """Start (or join) ``key`` here; the reply envelope for the caller."""
+        node = self.node
+        cls = classes.get(key[0])
+        try:
+            # The client checks these too; a raw message may not have (I8). An unstorable id or
+            # argument would fail the whole group-committed INSERT of every start batched with it.
+            wire.check_process_id(key[1], node.hs.MAX_ID_LENGTH)
+            wire.check_storable(arg, "start argument")
+        except InvalidArgument as exc:
+            raise InvalidMessage(str(exc)) from None
+        try:
+            pid = cls.process_id(arg)
+        except Exception as exc:
+            raise InvalidMessage(f"{key[0]}.process_id() raised {exc!r}") from None
+        if pid != key[1]:
+            raise InvalidMessage(f"process id {key[1]!r} does not match process_id(arg) = {pid!r}")
+        for _ in range(START_ROUNDS):
+            # Checked every round: a drain may begin while this start waits for its batch.
+            refusal = node.handoff.refuses(key[0])
+            if refusal:
+                return {"ok": False, "err": wire.E_FENCED, "msg": refusal}
+            act = node.activations.get(key)
+            if act is not None and not act.busy:
+                return await self._when_ready(act, created=False)
+            fut = self.claiming.get(key)
+            first = fut is None
+            if first:
+                fut = self.claiming[key] = asyncio.get_running_loop().create_future()
+                self._queue.append(_Pending(key, arg, cls.restart, fut))
+                self._queued.set()
+            outcome: Outcome = await asyncio.shield(fut)
+            if outcome.result is Result.ACTIVATION:
+                return await self._when_ready(outcome.activation, created=first and outcome.created)
+            if outcome.result is Result.ELSEWHERE:
+                return {"ok": True, "ref": outcome.ref.as_wire(), "created": False}
+            if outcome.result is Result.ERROR:
+                return {"ok": False, "err": outcome.code, "msg": outcome.message}
+        return {"ok": False, "err": wire.E_UNAVAILABLE, "msg": "start kept racing; try again"}
+
+    async def _when_ready(self, act: Activation, created: bool) -> dict:
+        try:
+            await asyncio.shield(act.ready)
+        except asyncio.CancelledError:
+            return {"ok": False, "err": wire.E_NOT_HERE, "msg": "activation was stopped"}
+        except Exception as exc:
+            return {"ok": False, "err": wire.E_CRASHED, "msg": f"init failed: {exc}",
+                    "exc_type": getattr(exc, "exc_type", type(exc).__name__), "tb": getattr(exc, "tb", "")}
+        return {"ok": True, "ref": act.ref(created).as_wire(), "created": created}
+
+    def fail_all(self, message: str) -> None:
+        """Answer every start in flight (the node fenced or is leaving): callers retry elsewhere."""
+        for fut in self.claiming.values():
+            if not fut.done():
+                fut.set_result(Outcome.error(wire.E_FENCED, message))
+        self.claiming.clear()
+        # Starts still queued belong to the old incarnation too: answer them now, or a retry
+        # queued after the rejoin would put the same key twice in one batch.
+        queued, self._queue = self._queue, []
+        for p in queued:
+            if not p.future.done():
+                p.future.set_result(Outcome.error(wire.E_FENCED, message))
+
+    # ------------------------------------------------------------ the batch loop
+
+    async def loop(self) -> None:
+        while True:
+            await self._queued.wait()
+            self._queued.clear()
+            while self._queue:
+                size = self.node.hs.BATCH_SIZE
+                batch, self._queue = self._queue[:size], self._queue[size:]
+                try:
+                    await self.step(batch)
+                except Exception as exc:
+                    logger.exception("processhub: start batch failed on %s", self.node.name)
+                    for p in batch:
+                        self._settle(p, Outcome.error(wire.E_UNAVAILABLE, f"start failed: {exc}"))
+
+    async def step(self, batch: list[_Pending]) -> None:
+        """One group commit: insert what is new, then decide each existing row on its own."""
+        node = self.node
+        batch = self._unique(batch)
+        if not batch:
+            return
+        if not node.lease_valid():
+            for p in batch:
+                self._settle(p, Outcome.error(wire.E_FENCED, "node has no valid lease"))
+            return
+        incarnation = node.id
+        items = [(p.key[0], p.key[1], p.arg, p.restart) for p in batch]
+        inserted = await node.write(store.insert_new, incarnation, items, keys=[p.key for p in batch]) or {}
+        for p in batch:
+            row_id = inserted.get(p.key)
+            if not node.current(incarnation):
+                outcome = Outcome.error(wire.E_FENCED, "node lost its lease while starting")
+            elif row_id is not None:
+                row = Row(row_id, p.key[0], p.key[1], p.arg, 1, p.restart, None)
+                outcome = Outcome(Result.ACTIVATION, node.activate(row, Origin.START), created=True)
+            else:
+                outcome = await self._existing(p.key, p.arg)
+            self._settle(p, outcome)
+
+    def _unique(self, batch: list[_Pending]) -> list[_Pending]:
+        # Answered entries (a fence answered them) are dropped; one entry per key, so a key can
+        # never be activated twice from one batch.
+        unique: dict[Key, _Pending] = {}
+        for p in batch:
+            if not p.future.done() and p.key not in unique:
+                unique[p.key] = p
+        for p in batch:
+            if not p.future.done() and unique.get(p.key) is not p:
+                p.future.set_result(RETRY)
+        return list(unique.values())
+
+    def _settle(self, p: _Pending, outcome: Outcome) -> None:
+        if self.claiming.get(p.key) is p.future:
+            del self.claiming[p.key]
+        if not p.future.done():
+            p.future.set_result(outcome)
+
+    async def _existing(self, key: Key, arg: Any) -> Outcome:
+        """The row exists: join it, redirect, take it over, or restart it (``decisions.start_case``)."""
+        node = self.node
+        try:
+            found = await node.rt.db(store.lookup, *key)
+        except DatabaseError as exc:
+            return Outcome.error(wire.E_UNAVAILABLE, f"database: {type(exc).__name__}")
+        incarnation = node.id
+        state = None if found is None else decisions.RowState(found.status, found.node_id, found.owner_alive)
+        act = node.activations.get(key)
+        running_here = act is not None and found is not None and act.epoch == found.epoch and not act.busy
+        case = decisions.start_case(state, incarnation, running_here)
+        if case is decisions.StartCase.RETRY:
+            return RETRY
+        if case is decisions.StartCase.HERE:
+            return Outcome(Result.ACTIVATION, act)
+        if case is decisions.StartCase.ELSEWHERE:
+            return Outcome(Result.ELSEWHERE, ref=ProcessRef(key[0], key[1], found.node_name, found.node_id,
+                                                            found.epoch, False, found.channel))
+        if case is decisions.StartCase.ACTIVATE:
+            rows = await node.rt.db(store.rows_by_id, [found.row_id])
+            if not rows or rows[0].epoch != found.epoch:
+                return RETRY
+            if not node.current(incarnation):
+                return Outcome.error(wire.E_FENCED, "node lost its lease while starting")
+            return Outcome(Result.ACTIVATION, node.activate(rows[0], Origin.ASSIGNED))
+        # TAKE_OVER (owner dead or absent) or RESTART (stopped, failed): claim it, epoch + 1.
+        restarting = case is decisions.StartCase.RESTART
+        got = await node.write(store.claim, incarnation, [(found.row_id, found.epoch)], restarting,
+                               arg if restarting else None, keys=[key])
+        if not got:
+            return RETRY
+        if not node.current(incarnation):
+            return Outcome.error(wire.E_FENCED, "node lost its lease while starting")
+        origin = Origin.START if restarting else Origin.TAKEOVER
+        return Outcome(Result.ACTIVATION, node.activate(got[0], origin), created=True)
