@@ -6,16 +6,14 @@ never sends a process to a node that cannot run its class.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Any
 
 from django.core.exceptions import ImproperlyConfigured
 
 from .exceptions import UnknownProcessClass
 
-if TYPE_CHECKING:
-    from .process import HordeProcess
-
-_classes: dict[str, type[HordeProcess]] = {}
+# label -> HordeProcess subclass (typed loosely: this module sits below process.py, which imports it)
+_classes: dict[str, type[Any]] = {}
 
 
 def label_for(cls: type) -> str:
@@ -33,7 +31,7 @@ def label_for(cls: type) -> str:
     return f"{config.label}.{cls.__name__}"
 
 
-def register(cls: type[HordeProcess]) -> str:
+def register(cls: type[Any]) -> str:
     label = label_for(cls)
     existing = _classes.get(label)
     if existing is not None and existing is not cls and (
@@ -44,7 +42,7 @@ def register(cls: type[HordeProcess]) -> str:
     return label
 
 
-def get(label: object) -> type[HordeProcess]:
+def get(label: object) -> type[Any]:
     if not isinstance(label, str) or label not in _classes:
         raise UnknownProcessClass(f"No HordeProcess class is registered under the label {label!r}")
     return _classes[label]

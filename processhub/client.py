@@ -12,7 +12,8 @@ import os
 import threading
 import time
 import uuid
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Coroutine
+from typing import Any, Protocol, TypeVar
 
 from django.db import DatabaseError
 
@@ -32,12 +33,24 @@ from .exceptions import (
     UnknownProcessClass,
 )
 from .logs import Throttled
-from .transport import FRAMED_SUFFIX, LoopPublisher
+from .transport import FRAMED_SUFFIX, LoopPublisher, Transport
 from .values import RUNNING, Lookup, NodeInfo, ProcessRef
 
-if TYPE_CHECKING:
-    from .process import HordeProcess
-    from .runtime import Runtime
+
+class ClientRuntime(Protocol):
+    """What the client needs of its runtime (runtime.py builds the client, so it is not imported here)."""
+
+    loop: asyncio.AbstractEventLoop
+    transport: Transport
+
+    async def db(self, fn: Callable[..., Any], *args: Any) -> Any: ...
+    def run_sync(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T: ...
+    async def run_async(self, coro: Coroutine[Any, Any, T]) -> T: ...
+
+
+# A HordeProcess subclass (process.py imports this module, so the client names it loosely).
+ProcessClass = type[Any]
+T = TypeVar("T")
 
 logger = logging.getLogger(__name__)
 
@@ -131,11 +144,11 @@ def error_from(env: dict) -> ProcessHubError:
     msg = str(env.get("msg", code))
     if code == wire.E_CRASHED:
         return ProcessCrashed(msg, str(env.get("exc_type", "")), str(env.get("tb", "")))
-    return _ERRORS.get(code, ProcessUnavailable)(msg)
+    return _ERRORS.get(str(code), ProcessUnavailable)(msg)
 
 
 class Client:
-    def __init__(self, rt: Runtime) -> None:
+    def __init__(self, rt: ClientRuntime) -> None:
         hs = hub_settings()
         self.rt = rt
         self.hs = hs
@@ -189,9 +202,10 @@ class Client:
                     if ref.node_id == gone:
                         self.cache.pop(key, None)
         elif kind == "unregistered":
-            ref = self.cache.get((env.get("l"), env.get("p")))
-            if ref is not None and ref.epoch <= env.get("epoch", 1 << 62):
-                self.cache.pop((ref.label, ref.process_id), None)
+            cached = self.cache.get((str(env.get("l")), str(env.get("p"))))
+            epoch = env.get("epoch", 1 << 62)
+            if cached is not None and isinstance(epoch, int) and cached.epoch <= epoch:
+                self.cache.pop((cached.label, cached.process_id), None)
 
     async def db(self, fn, *args):
         # Bounded (I7): a blackholed database link must not hold a caller past its timeout.
@@ -269,7 +283,7 @@ class Client:
 
     # ---------------------------------------------------------- validation
 
-    def key_for(self, cls: type[HordeProcess], arg: Any) -> tuple[str, str]:
+    def key_for(self, cls: ProcessClass, arg: Any) -> tuple[str, str]:
         label = getattr(cls, "label", None)
         if not label or classes.get(label) is not cls:
             raise UnknownProcessClass(f"{cls.__qualname__} is not a registered HordeProcess class")
@@ -348,11 +362,12 @@ class Client:
         if row is None or row.status != RUNNING or not row.owner_alive:
             self.cache.pop(key, None)
             return None
-        ref = ProcessRef(row.label, row.process_id, row.node_name, row.node_id, row.epoch, False, row.channel)
+        ref = ProcessRef(row.label, row.process_id, row.node_name or "", row.node_id or "", row.epoch, False,
+                         row.channel or "")
         self.cache[key] = ref
         return ref
 
-    def fetch_blocking(self, cls: type[HordeProcess], arg: Any) -> ProcessRef | None:
+    def fetch_blocking(self, cls: ProcessClass, arg: Any) -> ProcessRef | None:
         """``fetch`` from a thread that runs no event loop: the cache, else one SELECT in this very thread.
 
         A cold fetch used to hop to the runtime's loop and from there to a DB
@@ -372,7 +387,7 @@ class Client:
 
     # ---------------------------------------------------------- operations
 
-    async def start(self, cls: type[HordeProcess], arg: Any, timeout: float | None = None,
+    async def start(self, cls: ProcessClass, arg: Any, timeout: float | None = None,
                     node: str | None = None) -> ProcessRef:
         key = self.key_for(cls, arg)
         loop = asyncio.get_running_loop()
@@ -434,15 +449,15 @@ class Client:
             raise NoLiveNodes(f"no live node can run {label}: install its app on the nodes")
         raise NoLiveNodes("no node holds a valid lease: start `python manage.py runhub`")
 
-    async def fetch(self, cls: type[HordeProcess], arg: Any) -> ProcessRef | None:
+    async def fetch(self, cls: ProcessClass, arg: Any) -> ProcessRef | None:
         return await self.lookup(self.key_for(cls, arg))
 
-    async def call(self, cls: type[HordeProcess], arg: Any, message: Any, timeout: float | None = None) -> Any:
+    async def call(self, cls: ProcessClass, arg: Any, message: Any, timeout: float | None = None) -> Any:
         key = self.key_for(cls, arg)
         self.check_message(message)
         return await self._send(cls, key, arg, message, timeout or self.hs.CALL_TIMEOUT, wire.CALL)
 
-    async def cast(self, cls: type[HordeProcess], arg: Any, message: Any) -> None:
+    async def cast(self, cls: ProcessClass, arg: Any, message: Any) -> None:
         key = self.key_for(cls, arg)
         self.check_message(message)
         await self._send(cls, key, arg, message, self.hs.CALL_TIMEOUT, wire.CAST)
@@ -492,7 +507,7 @@ class Client:
             observe(label, kind, time.perf_counter() - t0, error)
         return value
 
-    def call_blocking(self, cls: type[HordeProcess], arg: Any, message: Any, timeout: float | None = None) -> Any:
+    def call_blocking(self, cls: ProcessClass, arg: Any, message: Any, timeout: float | None = None) -> Any:
         """``call`` from a thread that runs no event loop (a view, a Celery task, the shell).
 
         On a cache hit the calling thread publishes on its own blocking Redis
@@ -515,7 +530,7 @@ class Client:
     def _call_fast(self, key: tuple[str, str], message: Any, timeout: float) -> Any:
         pub = self._blocking
         request = self._fast_request(key, wire.CALL, message, timeout) if pub is not None else None
-        if request is None:
+        if pub is None or request is None:
             return _MISS
         ref, corr, data = request
         waiter = _Blocking()
@@ -528,7 +543,7 @@ class Client:
             self.pending.pop(corr, None)
         return self._fast_outcome(key, ref, reply, timeout)
 
-    async def acall(self, cls: type[HordeProcess], arg: Any, message: Any, timeout: float | None = None) -> Any:
+    async def acall(self, cls: ProcessClass, arg: Any, message: Any, timeout: float | None = None) -> Any:
         """``call`` from any event loop.
 
         On the runtime's loop this is ``call``. On another loop (an ASGI server's)
@@ -576,14 +591,14 @@ class Client:
             self.pending.pop(corr, None)
         return self._fast_outcome(key, ref, reply, timeout)
 
-    def cast_blocking(self, cls: type[HordeProcess], arg: Any, message: Any) -> None:
+    def cast_blocking(self, cls: ProcessClass, arg: Any, message: Any) -> None:
         """``cast`` from a thread that runs no event loop: published from this thread on a cache hit."""
         refuse_running_loop()
         key = self.key_for(cls, arg)
         self.check_message(message)
         pub = self._blocking
         request = self._fast_request(key, wire.CAST, message, None) if pub is not None else None
-        if request is not None:
+        if pub is not None and request is not None:
             t0 = time.perf_counter()
             try:
                 sent = pub.publish(request[0].channel, request[2])
@@ -594,7 +609,7 @@ class Client:
                 return
         self.rt.run_sync(self._send(cls, key, arg, message, self.hs.CALL_TIMEOUT, wire.CAST))
 
-    async def acast(self, cls: type[HordeProcess], arg: Any, message: Any) -> None:
+    async def acast(self, cls: ProcessClass, arg: Any, message: Any) -> None:
         """``cast`` from any event loop; on another loop than the runtime's, published from that loop."""
         loop = asyncio.get_running_loop()
         if loop is self.rt.loop:
@@ -681,7 +696,7 @@ class Client:
                 self.forget(ref)
             raise error_from(reply)
 
-    async def stop(self, cls: type[HordeProcess], arg: Any, timeout: float | None = None) -> bool:
+    async def stop(self, cls: ProcessClass, arg: Any, timeout: float | None = None) -> bool:
         """Stop the process and mark it stopped; False when it was not running."""
         return await self.stop_key(self.key_for(cls, arg), timeout)
 

@@ -31,7 +31,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from django.core.exceptions import ImproperlyConfigured
 
@@ -39,12 +39,10 @@ try:
     import prometheus_client as prom
     from prometheus_client.core import GaugeMetricFamily
 except ImportError:  # optional dependency
-    prom = None
+    prom = None  # type: ignore[assignment]
 
 if TYPE_CHECKING:
     from django.http import HttpRequest, HttpResponse
-
-    from .node import Node
 
 logger = logging.getLogger(__name__)
 
@@ -77,7 +75,17 @@ if prom is not None:
         "processhub_lease_renewal_seconds", "Latency of one heartbeat statement.", ["node"], buckets=LATENCY_BUCKETS
     )
 
-_nodes: weakref.WeakSet[Node] = weakref.WeakSet()
+class MetricsNode(Protocol):
+    """What metrics read of a node (the node's package imports this module, not the reverse)."""
+
+    name: str
+    listeners: list[Callable[..., None]]
+
+    def lease_valid(self) -> bool: ...
+    def activation_counts(self) -> dict[str, int]: ...
+
+
+_nodes: weakref.WeakSet[MetricsNode] = weakref.WeakSet()
 # The scrape runs on the HTTP server's thread while nodes are added on their loops. Two locks:
 # registering the collector calls its collect() once (to learn the metric names).
 _nodes_lock = threading.Lock()
@@ -175,7 +183,7 @@ def _register_node_collector() -> None:
             _collector_registered = True
 
 
-def instrument(node: Node) -> None:
+def instrument(node: Any) -> None:
     """Hook a node's calls, lease renewals and lifecycle events into the metrics."""
     if prom is None:
         return
@@ -205,7 +213,7 @@ def instrument(node: Node) -> None:
     node.listeners.append(_on_lifecycle)
 
 
-def _on_lifecycle(event: str, node: Node, slot: Any, **extra: Any) -> None:
+def _on_lifecycle(event: str, node: MetricsNode, slot: Any, **extra: Any) -> None:
     if event in ("node_up", "node_down"):
         # A node that shut down leaves the scrape (a new one of the same name must not share its gauges with
         # a stale lease_valid 0); a fenced one stays, showing 0, and is back with its node_up.

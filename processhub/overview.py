@@ -5,6 +5,7 @@ process's clock (DESIGN I2: never compare the wall clocks of two machines).
 """
 from __future__ import annotations
 
+import datetime
 from dataclasses import dataclass, field
 from datetime import timedelta
 
@@ -63,7 +64,7 @@ class NodeLine:
     status: str
     health: str
     heartbeat_age: float
-    started_at: object
+    started_at: datetime.datetime | None
     host: str
     pid: int | None
     running: int
@@ -86,7 +87,7 @@ class Summary:
     running: int
     # Running rows without a live owner: waiting for a takeover (DESIGN I6).
     unowned: int
-    statuses: list[str] = field(default_factory=lambda: [s.value for s in ProcessStatus])
+    statuses: list[str] = field(default_factory=lambda: [value for value, _ in ProcessStatus.choices])
 
 
 def summary(heartbeat_interval: float, include_down: bool = False) -> Summary:
@@ -127,7 +128,7 @@ def summary(heartbeat_interval: float, include_down: bool = False) -> Summary:
     unowned = sum(c for owner, c in per_owner.items() if owner not in live_ids)
     classes = [ClassLine(label, counts, sum(counts.values()), crashed.get(label, 0))
                for label, counts in sorted(by_class.items())]
-    totals = {s.value: sum(c.counts.get(s.value, 0) for c in classes) for s in ProcessStatus}
+    totals = {s: sum(c.counts.get(s, 0) for c in classes) for s, _ in ProcessStatus.choices}
     return Summary(lines, classes, totals, running, unowned)
 
 

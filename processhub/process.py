@@ -4,7 +4,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 from django.core.exceptions import ImproperlyConfigured
 
@@ -12,9 +12,6 @@ from . import classes, store
 from .exceptions import InvalidArgument
 from .runtime import get_runtime
 from .values import ProcessRef
-
-if TYPE_CHECKING:
-    from .node.activation import Activation
 
 _POLICIES = ("permanent", "transient", "temporary")
 _pending: list[type] = []  # classes defined before the app registry was ready
@@ -54,7 +51,7 @@ class HordeProcess:
     node: str
     node_id: str
     epoch: int
-    _activation: Activation
+    _activation: Any  # the node's activation loop of this process (processhub.node.activation.Activation)
     _exit_reason: str | None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -73,8 +70,8 @@ class HordeProcess:
 
     # ------------------------------------------------------------------ callbacks
 
-    @classmethod
-    def process_id(cls, arg: Any) -> str:  # type: ignore[override]
+    @classmethod  # type: ignore[no-redef]  # also the instance attribute of that name
+    def process_id(cls, arg: Any) -> str:
         """The unique id for ``arg``; the default accepts a str or an int."""
         if isinstance(arg, str):
             return arg

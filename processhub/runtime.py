@@ -12,8 +12,8 @@ import concurrent.futures
 import logging
 import os
 import threading
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from collections.abc import Callable, Coroutine
+from typing import Any, Protocol, TypeVar
 
 from .client import Client, refuse_running_loop
 from .conf import hub_settings
@@ -21,8 +21,15 @@ from .dbthreads import close_pool_connections, with_connection
 from .exceptions import SyncCallFromAsyncContext
 from .transport import make_transport
 
-if TYPE_CHECKING:
-    from .node import Node
+
+class HostedNode(Protocol):
+    """The node a runtime hosts, if any (the node's package imports this module, not the reverse)."""
+
+    name: str
+
+    async def drain(self) -> None: ...
+    def close(self) -> None: ...
+
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -36,7 +43,7 @@ class Runtime:
         self.thread = thread
         self.transport = make_transport(hs.transport, hs)
         self.client = Client(self)
-        self.node: Node | None = None  # set when a node runs in this OS process
+        self.node: HostedNode | None = None  # set when a node runs in this OS process
         # Thread pools for blocking database work: one reserved for heartbeats,
         # so lease renewal never queues behind slow reconcile statements.
         self.db_pool = concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="processhub-db")
@@ -50,13 +57,12 @@ class Runtime:
         """Run a blocking ORM function in a DB thread, with Django's connection hygiene."""
         return await self.loop.run_in_executor(pool or self.db_pool, with_connection, fn, args)
 
-    def run_sync(self, coro: Awaitable[T], timeout: float | None = None) -> T:
+    def run_sync(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
         """Run ``coro`` on the runtime loop from a thread that is not running a loop."""
         try:
             refuse_running_loop()
         except SyncCallFromAsyncContext:
-            if hasattr(coro, "close"):
-                coro.close()
+            coro.close()
             raise
         fut = asyncio.run_coroutine_threadsafe(coro, self.loop)
         try:
@@ -65,7 +71,7 @@ class Runtime:
             fut.cancel()
             raise
 
-    async def run_async(self, coro: Awaitable[T]) -> T:
+    async def run_async(self, coro: Coroutine[Any, Any, T]) -> T:
         """Await ``coro`` on the runtime loop from any loop."""
         if asyncio.get_running_loop() is self.loop:
             return await coro

@@ -42,13 +42,9 @@ a ``process_stopped`` for each; it sends ``node_down`` once.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from django.dispatch import Signal
-
-if TYPE_CHECKING:
-    from .node import Node
-    from .node.activation import Activation
 
 logger = logging.getLogger(__name__)
 
@@ -110,7 +106,7 @@ _NODE_SIGNALS = {"node_up": node_up, "node_down": node_down, "node_draining": no
                  "node_undrained": node_undrained}
 
 
-def dispatch(event: str, node: Node, slot: Activation | None, **extra: Any) -> None:
+def dispatch(event: str, node: Any, slot: Any, **extra: Any) -> None:
     """A ``Node.listeners`` entry: turn one lifecycle event into its signal (other events are ignored)."""
     if slot is not None:
         signal = _PROCESS_SIGNALS.get(event)

@@ -47,7 +47,7 @@ def start_node(name: str) -> Node:
     from processhub.runtime import get_runtime
 
     rt = get_runtime()
-    if rt.node is not None:
+    if isinstance(rt.node, Node):
         # EMBEDDED is on: get_runtime() already started a node in this process.
         logger.warning("processhub: this process already hosts node %s; not starting %s", rt.node.name, name)
         return rt.node
@@ -104,7 +104,7 @@ class HubNode(bootsteps.StartStopStep):
         from processhub.conf import hub_settings
 
         fut = self.begin_drain()
-        if fut is None:
+        if fut is None or self.node is None:
             return
         # Node.drain waits SHUTDOWN_TIMEOUT + 1 for hand-offs, then up to SHUTDOWN_TIMEOUT for terminate().
         timeout = 2 * hub_settings().SHUTDOWN_TIMEOUT + 5

@@ -134,8 +134,10 @@ class ActivationHost(Protocol):
     name: str
     hs: HubSettings
     clock: Clock
-    handler_pool: Executor
     rt: Runtime
+
+    @property
+    def handler_pool(self) -> Executor: ...
 
     def lease_valid(self) -> bool: ...
     def fence_soon(self, reason: str) -> None: ...
@@ -244,7 +246,8 @@ class Activation:
         except LeaseLost:
             self._abandon_quietly("lease lost")
         except asyncio.CancelledError:
-            if asyncio.current_task().cancelling():
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
                 raise  # kill(): the killer cleans up
             logger.error("processhub: %s %r: user code raised CancelledError", self.label, self.process_id)
             self._abandon("cancelled by user code")
@@ -361,12 +364,11 @@ class Activation:
                 await mailbox.wait()  # a bare future: no coroutine frame per idle process
             item = mailbox.get()
             if not host.lease_valid():
-                if type(item) is Call:
+                if isinstance(item, Call):
                     await self._reply_error(item, wire.E_FENCED, "node lost its lease")
                 host.fence_soon("lease ran out while serving")
                 return Ended(EndKind.FENCED, "lease lost")
-            kind = type(item)
-            if kind is Call:
+            if isinstance(item, Call):
                 if item.deadline is not None and time.monotonic() > item.deadline:
                     continue  # the caller gave up already; handling it now would surprise everyone
                 t0 = time.perf_counter()
@@ -390,23 +392,23 @@ class Activation:
                     return ended
                 await host.reply(item.reply_to, item.corr, data)
                 host.metrics_call(self.label, handled)
-            elif kind is Cast:
+            elif isinstance(item, Cast):
                 t0 = time.perf_counter()
                 try:
                     await self._invoke(inst.handle_cast, item.message)
                 except Exception as exc:
                     return self._crashed(exc, "handle_cast")
                 host.metrics_call(self.label, time.perf_counter() - t0, wire.CAST)
-            elif kind is Info:
+            elif isinstance(item, Info):
                 if item.epoch != self.epoch:
                     continue  # a timer of an earlier instance
                 try:
                     await self._invoke(inst.handle_info, item.message)
                 except Exception as exc:
                     return self._crashed(exc, "handle_info")
-            elif kind is StopRequest:
+            elif isinstance(item, StopRequest):
                 return Ended(EndKind.STOP, "shutdown", request=item)
-            elif kind is MoveRequest:
+            elif isinstance(item, MoveRequest):
                 return Ended(EndKind.MOVE, "handoff", request=item)
 
     # ------------------------------------------------------------ endings
@@ -500,7 +502,7 @@ class Activation:
         inst.epoch = self.epoch
         inst._activation = self
         inst._exit_reason = None
-        inst.__init__()
+        inst.__init__()  # type: ignore[misc]  # the user's constructor, on the instance made above
         return inst
 
     async def _invoke(self, fn: Callable[..., Any], *args: Any) -> Any:
@@ -559,7 +561,7 @@ class Activation:
         """Answer every request still queued here, so callers retry elsewhere or learn the end."""
         while not self.mailbox.empty():
             item = self.mailbox.get()
-            if type(item) is Call:
+            if isinstance(item, Call):
                 asyncio.ensure_future(self._reply_error(item, code, msg))
             elif isinstance(item, Request):
                 asyncio.ensure_future(self._answer(item, False))

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING
 
 from django.db import DatabaseError
 
@@ -23,9 +22,7 @@ from .. import placement, store, wire
 from ..exceptions import ProcessUnavailable
 from ..values import DRAINING, LEAVING, UP, NodeInfo
 from .activation import Activation, MoveRequest
-
-if TYPE_CHECKING:
-    from .node import Node
+from .host import NodeParts
 
 logger = logging.getLogger(__name__)
 
@@ -34,7 +31,7 @@ PROGRESS_EVERY = 1.0
 
 
 class Handoff:
-    def __init__(self, node: Node) -> None:
+    def __init__(self, node: NodeParts) -> None:
         self.node = node
         self.draining = False  # takes no new processes (drain in place, or leaving)
         self.leaving = False  # SIGTERM: the node exits afterwards

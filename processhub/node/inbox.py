@@ -14,7 +14,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from django.db import DatabaseError
 
@@ -22,9 +22,7 @@ from .. import wire
 from ..exceptions import InvalidMessage, ProcessHubError, ProcessUnavailable, UnknownProcessClass
 from ..logs import Throttled
 from .activation import Call, Cast, StopRequest
-
-if TYPE_CHECKING:
-    from .node import Node
+from .host import NodeParts
 
 logger = logging.getLogger(__name__)
 
@@ -32,7 +30,7 @@ Key = tuple[str, str]
 
 
 class Inbox:
-    def __init__(self, node: Node) -> None:
+    def __init__(self, node: NodeParts) -> None:
         self.node = node
         self.rejected = 0  # messages refused as malformed (a metric)
         self._log = Throttled(logger)

@@ -23,7 +23,6 @@ import socket
 import sys
 import uuid
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from django.db import DatabaseError
 
@@ -32,9 +31,7 @@ from ..exceptions import ProcessHubError
 from ..transport import FRAMED_SUFFIX
 from ..values import DOWN
 from . import decisions
-
-if TYPE_CHECKING:
-    from .node import Node
+from .host import NodeParts
 
 logger = logging.getLogger(__name__)
 
@@ -77,7 +74,7 @@ def watchdog_step(now: float, lease: Lease, fenced: bool, poll: float = 0.5) -> 
 class LeaseKeeper:
     """Holds the node's lease: register, renew, watch, fence, rejoin."""
 
-    def __init__(self, node: Node) -> None:
+    def __init__(self, node: NodeParts) -> None:
         self.node = node
         self.lease = NO_LEASE
         self.fenced = True

@@ -18,6 +18,7 @@ while an older activation of that id still runs user code in this OS process
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import socket
@@ -201,9 +202,9 @@ class Node:
         older = self.retired.setdefault(act.key, [])
         if act not in older:
             older.append(act)
-            act.wait_quiet().add_done_callback(lambda _f, a=act: self._forget_quiet(a))
+            act.wait_quiet().add_done_callback(functools.partial(self._forget_quiet, act))
 
-    def _forget_quiet(self, act: Activation) -> None:
+    def _forget_quiet(self, act: Activation, _done: object = None) -> None:
         older = self.retired.get(act.key)
         if older and act in older:
             older.remove(act)

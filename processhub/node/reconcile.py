@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING
 
 from django.db import DatabaseError
 
@@ -28,9 +27,7 @@ from .. import classes, placement, store
 from ..values import STOPPED, NodeInfo, Row
 from . import decisions
 from .activation import Origin
-
-if TYPE_CHECKING:
-    from .node import Node
+from .host import NodeParts
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +42,7 @@ UNRUNNABLE_LOG_EVERY = 30.0
 
 
 class Reconciler:
-    def __init__(self, node: Node) -> None:
+    def __init__(self, node: NodeParts) -> None:
         self.node = node
         self.live: list[NodeInfo] = []
         self._poke = asyncio.Event()

@@ -12,7 +12,7 @@ import asyncio
 import enum
 import logging
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from django.db import DatabaseError
 
@@ -21,9 +21,7 @@ from ..exceptions import InvalidArgument, InvalidMessage
 from ..values import ProcessRef, Row
 from . import decisions
 from .activation import Activation, Origin
-
-if TYPE_CHECKING:
-    from .node import Node
+from .host import NodeParts
 
 logger = logging.getLogger(__name__)
 
@@ -66,7 +64,7 @@ class _Pending:
 
 
 class StartBatcher:
-    def __init__(self, node: Node) -> None:
+    def __init__(self, node: NodeParts) -> None:
         self.node = node
         self.claiming: dict[Key, asyncio.Future] = {}  # keys with a start in flight here
         self._queue: list[_Pending] = []
@@ -99,16 +97,18 @@ class StartBatcher:
             act = node.activations.get(key)
             if act is not None and not act.busy:
                 return await self._when_ready(act, created=False)
-            fut = self.claiming.get(key)
-            first = fut is None
-            if first:
+            found = self.claiming.get(key)
+            first = found is None
+            if found is None:
                 fut = self.claiming[key] = asyncio.get_running_loop().create_future()
                 self._queue.append(_Pending(key, arg, cls.restart, fut))
                 self._queued.set()
+            else:
+                fut = found
             outcome: Outcome = await asyncio.shield(fut)
-            if outcome.result is Result.ACTIVATION:
+            if outcome.result is Result.ACTIVATION and outcome.activation is not None:
                 return await self._when_ready(outcome.activation, created=first and outcome.created)
-            if outcome.result is Result.ELSEWHERE:
+            if outcome.result is Result.ELSEWHERE and outcome.ref is not None:
                 return {"ok": True, "ref": outcome.ref.as_wire(), "created": False}
             if outcome.result is Result.ERROR:
                 return {"ok": False, "err": outcome.code, "msg": outcome.message}
@@ -202,18 +202,18 @@ class StartBatcher:
             found = await node.rt.db(store.lookup, *key)
         except DatabaseError as exc:
             return Outcome.error(wire.E_UNAVAILABLE, f"database: {type(exc).__name__}")
+        if found is None:
+            return RETRY  # vanished between the insert and the read: decide again
         incarnation = node.id
-        state = None if found is None else decisions.RowState(found.status, found.node_id, found.owner_alive)
+        state = decisions.RowState(found.status, found.node_id, found.owner_alive)
         act = node.activations.get(key)
-        running_here = act is not None and found is not None and act.epoch == found.epoch and not act.busy
+        running_here = act is not None and act.epoch == found.epoch and not act.busy
         case = decisions.start_case(state, incarnation, running_here)
-        if case is decisions.StartCase.RETRY:
-            return RETRY
         if case is decisions.StartCase.HERE:
             return Outcome(Result.ACTIVATION, act)
         if case is decisions.StartCase.ELSEWHERE:
-            return Outcome(Result.ELSEWHERE, ref=ProcessRef(key[0], key[1], found.node_name, found.node_id,
-                                                            found.epoch, False, found.channel))
+            return Outcome(Result.ELSEWHERE, ref=ProcessRef(key[0], key[1], found.node_name or "", found.node_id or "",
+                                                            found.epoch, False, found.channel or ""))
         if case is decisions.StartCase.ACTIVATE:
             rows = await node.rt.db(store.rows_by_id, [found.row_id])
             if not rows or rows[0].epoch != found.epoch:

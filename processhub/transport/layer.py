@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
+from typing import Any
 
 from ..exceptions import TransportUnavailable
 from .base import Handler, Transport
@@ -23,7 +24,7 @@ class ChannelLayerTransport(Transport):
         from ..conf import hub_settings
 
         self.alias = alias or hub_settings().CHANNEL_LAYER
-        self.layer = None
+        self.layer: Any = None
         self._readers: dict[str, asyncio.Task] = {}
 
     async def start(self) -> None:

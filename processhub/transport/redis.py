@@ -171,7 +171,7 @@ class _Conn(asyncio.Protocol):
         waiters, self.waiters = self.waiters, deque()
         why = type(exc).__name__ if exc else "closed"
         for target, _ in waiters:
-            for fut in target if type(target) is list else (target,):
+            for fut in target if isinstance(target, list) else (target,):
                 if not fut.done():
                     fut.set_exception(TransportUnavailable(f"Redis connection lost: {why}"))
 
@@ -203,7 +203,7 @@ def _resolve_waiter(conn: _Conn, reply: Any) -> None:
     if not conn.waiters:
         return  # a reply nobody asked for: ignore
     target, _ = conn.waiters.popleft()
-    if type(target) is list:  # the publishers of one frame share its receiver count
+    if isinstance(target, list):  # the publishers of one frame share its receiver count
         for fut in target:
             if not fut.done():
                 fut.set_result(reply)
@@ -450,7 +450,7 @@ class RedisTransport(Transport):
                     self._log.warning("frames", "processhub: dropped a frame of more than the allowed messages on %s",
                                       reply[1][:80])
             else:
-                messages = (data,)
+                messages = [data]
             for one in messages:
                 try:
                     handler(one)

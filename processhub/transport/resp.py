@@ -109,8 +109,11 @@ MAX_FRAMES = 4096
 
 def frames(datas: list[bytes], tags: list[Any]) -> tuple[list[bytes], list[list[Any]]]:
     """Pack messages into frames of at most FRAME_MAX bytes; ``tags[i]`` follows message i into its frame's group."""
-    payloads, groups = [], []
-    parts, group, size = [FRAME_MARK], [], 1
+    payloads: list[bytes] = []
+    groups: list[list[Any]] = []
+    parts: list[bytes] = [FRAME_MARK]
+    group: list[Any] = []
+    size = 1
     for data, tag in zip(datas, tags, strict=True):
         if group and size + 4 + len(data) > FRAME_MAX:
             payloads.append(b"".join(parts))

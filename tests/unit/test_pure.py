@@ -4,8 +4,8 @@ import math
 import pytest
 
 from processhub import placement, wire
-from processhub.transport import resp
 from processhub.exceptions import InvalidArgument, InvalidMessage
+from processhub.transport import resp
 from processhub.values import NodeInfo
 
 

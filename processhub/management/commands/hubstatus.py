@@ -73,7 +73,7 @@ def _dumps(s: overview.Summary) -> str:
         "nodes": [
             {"name": n.name, "id": n.id, "status": n.status, "health": n.health,
              "heartbeat_age": round(n.heartbeat_age, 3), "running": n.running, "share": round(n.share, 4),
-             "host": n.host, "pid": n.pid, "started_at": n.started_at.isoformat()}
+             "host": n.host, "pid": n.pid, "started_at": n.started_at.isoformat() if n.started_at else None}
             for n in s.nodes
         ],
         "classes": [{"label": c.label, "counts": c.counts, "total": c.total} for c in s.classes],
