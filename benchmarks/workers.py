@@ -43,9 +43,10 @@ def make_transport(kind: str, redis_url: str):
         from .legacy_transport import RedisPyTransport
 
         return RedisPyTransport(redis_url)
-    from processhub.transport import RedisTransport
+    from processhub.transport.envelope import Keys
+    from processhub.transport.redis import RedisTransport
 
-    return RedisTransport(redis_url)
+    return RedisTransport(redis_url, Keys("benchmark-transport-echo"))
 
 
 async def transportecho(redis_url: str, channel: str, kind: str, max_seconds: float) -> None:

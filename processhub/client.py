@@ -12,6 +12,7 @@ import os
 import threading
 import time
 import uuid
+from dataclasses import replace
 from collections.abc import Callable, Coroutine
 from typing import Any, Protocol, TypeVar
 
@@ -22,6 +23,8 @@ from .conf import hub_settings
 from .exceptions import (
     CallTimeout,
     DatabaseUnavailable,
+    HubAtCapacity,
+    IncompatibleWireVersion,
     InvalidArgument,
     InvalidMessage,
     NoLiveNodes,
@@ -34,6 +37,7 @@ from .exceptions import (
 )
 from .logs import Throttled
 from .transport import FRAMED_SUFFIX, LoopPublisher, Transport
+from .transport.envelope import WIRE_VERSION
 from .values import RUNNING, Lookup, NodeInfo, ProcessRef
 
 
@@ -136,6 +140,7 @@ _ERRORS: dict[str, type[ProcessHubError]] = {
     wire.E_UNKNOWN_CLASS: UnknownProcessClass,
     wire.E_NOT_RUNNING: ProcessNotRunning,
     wire.E_UNAVAILABLE: ProcessUnavailable,
+    wire.E_AT_CAPACITY: HubAtCapacity,
 }
 
 
@@ -362,10 +367,20 @@ class Client:
         if row is None or row.status != RUNNING or not row.owner_alive:
             self.cache.pop(key, None)
             return None
+        self._check_wire(row)
         ref = ProcessRef(row.label, row.process_id, row.node_name or "", row.node_id or "", row.epoch, False,
                          row.channel or "")
         self.cache[key] = ref
         return ref
+
+    def _check_wire(self, row: Lookup) -> None:
+        """A live owner that speaks another wire version cannot be talked to: say so (a rolling deploy)."""
+        if row.owner_alive and row.owner_wire != WIRE_VERSION:
+            self.cache.pop((row.label, row.process_id), None)
+            raise IncompatibleWireVersion(
+                f"{row.label} {row.process_id!r} runs on node {row.node_name!r}, which speaks wire version "
+                f"{row.owner_wire}; this client speaks {WIRE_VERSION}: finish the rolling deploy (or move the "
+                f"process with a node of its version)")
 
     def fetch_blocking(self, cls: ProcessClass, arg: Any) -> ProcessRef | None:
         """``fetch`` from a thread that runs no event loop: the cache, else one SELECT in this very thread.
@@ -397,13 +412,17 @@ class Client:
     async def _start(self, key: tuple[str, str], arg: Any, deadline: float, node: str | None = None) -> ProcessRef:
         loop = asyncio.get_running_loop()
         force = False
+        full: set[str] = set()  # nodes that answered "at capacity" to this start
         while True:
             remaining = deadline - loop.time()
             if remaining <= 0:
                 raise CallTimeout(f"starting {key[0]} {key[1]!r} timed out")
             live = await self.nodes(force)
+            if full:  # nodes that said "at capacity" count as full whatever their last heartbeat said
+                capacity = self.hs.MAX_PROCESSES_PER_NODE or 0
+                live = [replace(n, load=capacity) if n.id in full else n for n in live]
             try:
-                target = self._target(key[0], key[1], live, node)
+                target = self._target(key[0], key[1], live, node, self.hs.MAX_PROCESSES_PER_NODE)
             except ProcessHubError:
                 if not force:
                     force = True  # the cached live set may predate a node's (re)join
@@ -429,10 +448,14 @@ class Client:
                 force = True
                 await asyncio.sleep(min(self.hs.WAIT_SLEEP, max(0.0, deadline - loop.time())))
                 continue
+            if reply.get("err") == wire.E_AT_CAPACITY and node is None:
+                full.add(target.id)  # its load in the registry is a heartbeat old: try the next one
+                continue
             raise error_from(reply)
 
     @staticmethod
-    def _target(label: str, process_id: str, live: list[NodeInfo], node: str | None) -> NodeInfo:
+    def _target(label: str, process_id: str, live: list[NodeInfo], node: str | None,
+                capacity: int | None = None) -> NodeInfo:
         """The node a start goes to: the named one (guided placement), else the rendezvous choice."""
         if node is not None:
             target = next((n for n in live if n.name == node or n.id == node), None)
@@ -442,9 +465,12 @@ class Client:
                 raise UnknownProcessClass(f"node {target.name!r} cannot run {label} (its class is not installed "
                                           f"there)")
             return target
-        target = placement.choose_node(label, process_id, live)
+        target = placement.choose_node(label, process_id, live, capacity)
         if target is not None:
             return target
+        if placement.eligible(label, live):
+            raise HubAtCapacity(f"every live node that can run {label} runs {capacity} processes "
+                                f"(MAX_PROCESSES_PER_NODE)")
         if live:
             raise NoLiveNodes(f"no live node can run {label}: install its app on the nodes")
         raise NoLiveNodes("no node holds a valid lease: start `python manage.py runhub`")
@@ -712,6 +738,7 @@ class Client:
             if row is None or row.status != RUNNING:
                 self.cache.pop(key, None)
                 return False
+            self._check_wire(row)
             if not row.owner_alive:
                 if await self.db(store.stop_orphan, key[0], key[1], row.epoch):
                     self.cache.pop(key, None)
@@ -739,6 +766,7 @@ class Client:
         row = await self.db(store.lookup, label, process_id)
         if row is None or row.status != RUNNING or not row.owner_alive:
             return False
+        self._check_wire(row)
         target = None
         if to_node is not None:
             target = next((n for n in await self.nodes(True) if to_node in (n.name, n.id)), None)

@@ -52,6 +52,14 @@ DEFAULTS: dict[str, Any] = {
     "EMBEDDED": None,
     # Name of a node started without --node (default: hostname-pid).
     "NODE_NAME": None,
+    # The shared secret that authenticates every message between clients and nodes (None: derived from
+    # Django's SECRET_KEY with a purpose string), older secrets still accepted during a rotation (None: derived
+    # from SECRET_KEY_FALLBACKS), and how old (in seconds, either way) a message may be when it arrives.
+    "SECRET": None,
+    "SECRET_FALLBACKS": None,
+    "REPLAY_WINDOW": 30.0,
+    # Most processes one node runs (None: no limit): placement skips full nodes; HubAtCapacity when all are.
+    "MAX_PROCESSES_PER_NODE": None,
     # Limits on what clients may send.
     "MAX_ID_LENGTH": 200,
     "MAX_MESSAGE_BYTES": 1_048_576,
@@ -90,6 +98,10 @@ class HubSettings:
     PREFIX: str
     EMBEDDED: bool | None
     NODE_NAME: str | None
+    SECRET: str | None
+    SECRET_FALLBACKS: list | None
+    REPLAY_WINDOW: float
+    MAX_PROCESSES_PER_NODE: int | None
     MAX_ID_LENGTH: int
     MAX_MESSAGE_BYTES: int
     BATCH_SIZE: int
@@ -131,6 +143,20 @@ def hub_settings() -> HubSettings:
             f"PROCESSHUB TRANSPORT must be auto, redis, memory or channels, not {hs.TRANSPORT!r}"
         )
     return hs
+
+
+def envelope_keys(hs: HubSettings) -> Any:
+    """The keys of this hub's envelopes: SECRET (else Django's SECRET_KEY) and the fallbacks still accepted."""
+    from django.conf import settings
+
+    from .transport.envelope import Keys
+
+    if hs.SECRET:
+        return Keys(hs.SECRET, hs.SECRET_FALLBACKS or ())
+    fallbacks: Any = hs.SECRET_FALLBACKS
+    if fallbacks is None:
+        fallbacks = getattr(settings, "SECRET_KEY_FALLBACKS", ())
+    return Keys(settings.SECRET_KEY, fallbacks or ())
 
 
 @receiver(setting_changed)

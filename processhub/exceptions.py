@@ -30,6 +30,14 @@ class NoLiveNodes(ProcessHubError):
     """No node holds a valid lease, so nothing can be started or reached."""
 
 
+class HubAtCapacity(ProcessHubError):
+    """Every live node that could run the process already runs MAX_PROCESSES_PER_NODE processes."""
+
+
+class IncompatibleWireVersion(ProcessHubError):
+    """The process runs on a node that speaks another wire format (a rolling deploy across versions)."""
+
+
 class UnknownProcessClass(ProcessHubError, LookupError):
     """A class label that is not registered (only registered HordeProcess classes can run)."""
 

@@ -46,6 +46,11 @@ class Node(models.Model):
     channel = models.CharField(max_length=255)
     # The class labels this incarnation can run: placement never sends a process to a node without its class.
     labels = models.JSONField(default=list, blank=True)
+    # The envelope format it speaks (processhub.transport.envelope.WIRE_VERSION): clients place nothing on a
+    # node of another version and name the mismatch when a process runs on one. Rows of 0.1 nodes default to 1.
+    wire = models.PositiveSmallIntegerField(default=1)
+    # Activations it ran at its last heartbeat: placement skips nodes at MAX_PROCESSES_PER_NODE.
+    load = models.IntegerField(default=0)
 
     class Meta:
         ordering = ["name", "-started_at"]

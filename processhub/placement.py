@@ -33,20 +33,21 @@ def choose(placement_key: str, node_names: Iterable[str]) -> str | None:
     return None if best is None else best[1]
 
 
-def eligible(label: str, nodes: Sequence[NodeInfo]) -> list[NodeInfo]:
+def eligible(label: str, nodes: Sequence[NodeInfo], capacity: int | None = None) -> list[NodeInfo]:
     """The nodes that may own a process of class ``label``: those up that run the class, else draining ones.
 
     A drained node takes nothing while a node that is up can, but it is not left
-    idle while every process of the class would fail with "no live node".
+    idle while every process of the class would fail with "no live node". With a
+    ``capacity``, full nodes are left out.
     """
-    capable = [n for n in nodes if n.can_run(label)]
+    capable = [n for n in nodes if n.can_run(label) and (capacity is None or n.load < capacity)]
     up = [n for n in capable if n.status == UP]
     return up or capable
 
 
-def choose_node(label: str, process_id: str, nodes: Sequence[NodeInfo]) -> NodeInfo | None:
+def choose_node(label: str, process_id: str, nodes: Sequence[NodeInfo], capacity: int | None = None) -> NodeInfo | None:
     """The live node that should own ``label``/``process_id`` (see ``eligible``), or None."""
-    candidates = eligible(label, nodes)
+    candidates = eligible(label, nodes, capacity)
     if not candidates:
         return None
     by_name = {n.name: n for n in candidates}

@@ -20,6 +20,7 @@ from django.db.models.functions import Now
 
 from .exceptions import Fenced
 from .models import Node, NodeStatus, Process, ProcessStatus
+from .transport.envelope import WIRE_VERSION
 from .values import Lookup, NodeInfo, Row
 
 PT = Process._meta.db_table
@@ -69,6 +70,7 @@ def register_node(node_id: str, name: str, host: str, pid: int, channel: str, tt
         pid=pid,
         channel=channel,
         labels=sorted(labels),
+        wire=WIRE_VERSION,
         status=NodeStatus.UP,
         heartbeat_at=Now(),
         lease_expires_at=Now() + timedelta(seconds=ttl),
@@ -76,11 +78,14 @@ def register_node(node_id: str, name: str, host: str, pid: int, channel: str, tt
     )
 
 
-def heartbeat(node_id: str, ttl: float) -> bool:
-    """Renew the lease, only if it has not already run out: an expired lease never comes back."""
+def heartbeat(node_id: str, ttl: float, load: int = 0) -> bool:
+    """Renew the lease, only if it has not already run out: an expired lease never comes back.
+
+    ``load`` (activations running) rides along, for placement under MAX_PROCESSES_PER_NODE.
+    """
     return (
         Node.objects.filter(id=node_id, status__in=LEASED, lease_expires_at__gt=Now())
-        .update(heartbeat_at=Now(), lease_expires_at=Now() + timedelta(seconds=ttl))
+        .update(heartbeat_at=Now(), lease_expires_at=Now() + timedelta(seconds=ttl), load=load)
         == 1
     )
 
@@ -103,17 +108,18 @@ def _newest_per_name(rows: list[tuple]) -> list[NodeInfo]:
     """
     seen: set[str] = set()
     out = []
-    for nid, name, channel, labels, status in rows:
+    for nid, name, channel, labels, status, load in rows:
         if name not in seen:
             seen.add(name)
-            out.append(NodeInfo(nid, name, channel, frozenset(_load(labels) or ()), status))
+            out.append(NodeInfo(nid, name, channel, frozenset(_load(labels) or ()), status, load))
     return out
 
 
 def live_nodes() -> list[NodeInfo]:
-    """The incarnations that may own rows: up or draining, with a valid lease (database clock)."""
-    rows = (Node.objects.filter(status__in=TAKES, lease_expires_at__gt=Now())
-            .order_by("name", "-started_at").values_list("id", "name", "channel", "labels", "status"))
+    """The incarnations that may own rows: up or draining, with a valid lease (database clock), that speak
+    this release's wire version (a node of another version cannot be talked to)."""
+    rows = (Node.objects.filter(status__in=TAKES, lease_expires_at__gt=Now(), wire=WIRE_VERSION)
+            .order_by("name", "-started_at").values_list("id", "name", "channel", "labels", "status", "load"))
     return _newest_per_name(list(rows))
 
 
@@ -127,15 +133,16 @@ def live_nodes_and_next_expiry(node_id: str) -> tuple[list[NodeInfo], float | No
     if not _is_pg():
         return live_nodes(), None
     with connection.cursor() as cur:
-        cur.execute(f"SELECT id, name, channel, labels, status, EXTRACT(EPOCH FROM lease_expires_at - now()) "
-                    f"FROM {NT} WHERE status IN ('up', 'draining', 'leaving') AND lease_expires_at > now() "
+        cur.execute(f"SELECT id, name, channel, labels, status, load, EXTRACT(EPOCH FROM lease_expires_at - now()), "
+                    f"wire FROM {NT} WHERE status IN ('up', 'draining', 'leaving') AND lease_expires_at > now() "
                     f"ORDER BY name, started_at DESC")
         rows = cur.fetchall()
     first = None
     for r in rows:
         if r[0] != node_id:
-            first = r[5] if first is None else min(first, r[5])  # shadowed incarnations too: they own rows
-    return _newest_per_name([r[:5] for r in rows if r[4] in TAKES]), None if first is None else float(first)
+            first = r[6] if first is None else min(first, r[6])  # shadowed incarnations too: they own rows
+    live = [r[:6] for r in rows if r[4] in TAKES and r[7] == WIRE_VERSION]
+    return _newest_per_name(live), None if first is None else float(first)
 
 
 def same_name_live(node_id: str, name: str) -> list[str]:
@@ -205,11 +212,11 @@ def mark_expired_nodes_down() -> int:
 
 
 _LOOKUP_COLUMNS = ("p.label, p.process_id, p.status, p.epoch, p.node_id, n.name, n.channel, "
-                   "(n.lease_expires_at > {now} AND n.status <> 'down'), p.id")
+                   "(n.lease_expires_at > {now} AND n.status <> 'down'), p.id, n.wire")
 
 
 def _lookup(r: tuple) -> Lookup:
-    return Lookup(r[0], r[1], r[2], r[3], r[4], r[5], r[6], bool(r[4] and r[7]), r[8])
+    return Lookup(r[0], r[1], r[2], r[3], r[4], r[5], r[6], bool(r[4] and r[7]), r[8], r[9])
 
 
 def lookup(label: str, process_id: str) -> Lookup | None:

@@ -45,6 +45,7 @@ class NodeInfo:
     channel: str
     labels: frozenset[str] = frozenset()
     status: str = UP
+    load: int = 0  # activations at its last heartbeat
 
     def can_run(self, label: str) -> bool:
         return label in self.labels
@@ -88,3 +89,4 @@ class Lookup:
     channel: str | None
     owner_alive: bool
     row_id: int = 0
+    owner_wire: int | None = None  # the wire version of the owning node

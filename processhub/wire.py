@@ -29,6 +29,7 @@ E_INVALID = "invalid"
 E_UNKNOWN_CLASS = "unknown_class"
 E_NOT_RUNNING = "not_running"
 E_UNAVAILABLE = "unavailable"
+E_AT_CAPACITY = "at_capacity"  # this node runs MAX_PROCESSES_PER_NODE already; try another
 
 _encoder = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
 

@@ -138,7 +138,8 @@ class LeaseKeeper:
         incarnation = node.id
         budget = max(0.05, self.lease.soft - sent)
         loop = asyncio.get_running_loop()
-        fut = loop.run_in_executor(self._pool, dbthreads.call, store.heartbeat, (incarnation, hs.NODE_TTL))
+        fut = loop.run_in_executor(self._pool, dbthreads.call, store.heartbeat,
+                                   (incarnation, hs.NODE_TTL, len(node.activations)))
         try:
             ok = await asyncio.wait_for(fut, budget)
         except TimeoutError:

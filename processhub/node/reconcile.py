@@ -179,11 +179,14 @@ class Reconciler:
         claim: list[Row] = []
         stop: list[Row] = []
         unrunnable = 0
+        capacity = node.hs.MAX_PROCESSES_PER_NODE
+        room = None if capacity is None else max(0, capacity - len(node.activations) - len(node.starts.claiming))
         for row in page:
-            winner = placement.choose_node(row.label, row.process_id, live)
+            winner = placement.choose_node(row.label, row.process_id, live, capacity)
             action = decisions.orphan_action(row.restart, None if winner is None else winner.id, incarnation)
             if action is decisions.OrphanAction.CLAIM:
-                if row.key not in node.starts.claiming and row.key not in node.activations:
+                if row.key not in node.starts.claiming and row.key not in node.activations and \
+                        (room is None or len(claim) < room):
                     claim.append(row)
             elif action is decisions.OrphanAction.STOP:
                 stop.append(row)

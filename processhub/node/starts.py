@@ -97,6 +97,10 @@ class StartBatcher:
             act = node.activations.get(key)
             if act is not None and not act.busy:
                 return await self._when_ready(act, created=False)
+            capacity = node.hs.MAX_PROCESSES_PER_NODE
+            if capacity is not None and len(node.activations) + len(self.claiming) >= capacity:
+                return {"ok": False, "err": wire.E_AT_CAPACITY,
+                        "msg": f"node {node.name} runs {capacity} processes (MAX_PROCESSES_PER_NODE)"}
             found = self.claiming.get(key)
             first = found is None
             if found is None:

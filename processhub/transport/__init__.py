@@ -1,6 +1,8 @@
 """Message transports between clients and nodes: the interface, its in-memory twin, Redis, a Channels layer."""
 from __future__ import annotations
 
+from typing import Any
+
 from .base import BlockingPublisher, Handler, LoopPublisher, Transport
 from .memory import MemoryTransport
 from .resp import FRAMED_SUFFIX
@@ -9,21 +11,26 @@ __all__ = ["BlockingPublisher", "FRAMED_SUFFIX", "Handler", "LoopPublisher", "Me
            "make_transport"]
 
 
-def make_transport(kind: str, hs: object) -> Transport:
-    """The transport a hub's settings ask for (``TRANSPORT``, ``REDIS_URL`` and the ``REDIS_*`` options)."""
+def make_transport(kind: str, hs: Any) -> Transport:
+    """The transport a hub's settings ask for (``TRANSPORT``, ``REDIS_URL``, the ``REDIS_*`` options, ``SECRET``).
+
+    The in-process transport carries messages unsealed: they never leave the OS process.
+    """
+    if kind == "memory":
+        return MemoryTransport()
+    from ..conf import envelope_keys
+
+    keys = envelope_keys(hs)
     if kind == "redis":
         from django.core.exceptions import ImproperlyConfigured
 
         from .redis import Endpoint, RedisTransport
 
-        url = getattr(hs, "REDIS_URL", None)
-        if not url:
+        if not hs.REDIS_URL:
             raise ImproperlyConfigured("PROCESSHUB TRANSPORT 'redis' needs REDIS_URL")
-        endpoint = Endpoint(url, getattr(hs, "REDIS_OPTIONS", None), getattr(hs, "REDIS_SENTINELS", None),
-                            getattr(hs, "REDIS_SENTINEL_MASTER", None), getattr(hs, "REDIS_SENTINEL_OPTIONS", None))
-        return RedisTransport(endpoint)
-    if kind == "channels":
-        from .layer import ChannelLayerTransport
+        endpoint = Endpoint(hs.REDIS_URL, hs.REDIS_OPTIONS, hs.REDIS_SENTINELS, hs.REDIS_SENTINEL_MASTER,
+                            hs.REDIS_SENTINEL_OPTIONS)
+        return RedisTransport(endpoint, keys, hs.REPLAY_WINDOW)
+    from .layer import ChannelLayerTransport
 
-        return ChannelLayerTransport()
-    return MemoryTransport()
+    return ChannelLayerTransport(keys, hs.REPLAY_WINDOW)

@@ -11,19 +11,27 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
+import time
+from collections import Counter
 from typing import Any
 
 from ..exceptions import TransportUnavailable
+from ..logs import Throttled
 from .base import Handler, Transport
+from .envelope import EnvelopeRefused, Keys, Opener, Sealer
 
 logger = logging.getLogger(__name__)
 
 
 class ChannelLayerTransport(Transport):
-    def __init__(self, alias: str | None = None) -> None:
+    def __init__(self, keys: Keys, replay_window: float = 30.0, alias: str | None = None) -> None:
         from ..conf import hub_settings
 
         self.alias = alias or hub_settings().CHANNEL_LAYER
+        self._sealer = Sealer(keys)
+        self._opener = Opener(keys, replay_window)
+        self.refused: Counter[str] = Counter()
+        self._log = Throttled(logger)
         self.layer: Any = None
         self._readers: dict[str, asyncio.Task] = {}
 
@@ -49,9 +57,16 @@ class ChannelLayerTransport(Transport):
                 await asyncio.sleep(0.5)
                 continue
             try:
-                handler(base64.b64decode(message["b"]))
+                payload = self._opener.open(channel.encode(), base64.b64decode(message["b"]), time.time())
+            except (EnvelopeRefused, KeyError, TypeError, ValueError) as exc:
+                reason = exc.reason if isinstance(exc, EnvelopeRefused) else "malformed"
+                self.refused[reason] += 1
+                self._log.warning(reason, "processhub: dropped a message on %s: %s", channel, reason)
+                continue
+            try:
+                handler(payload)
             except Exception:
-                logger.exception("processhub: handler for %s failed", channel)
+                self._log.log(logging.ERROR, "handler", "processhub: a message handler failed on %s", channel)
 
     async def unsubscribe(self, channel: str) -> None:
         task = self._readers.pop(channel, None)
@@ -62,7 +77,8 @@ class ChannelLayerTransport(Transport):
     async def publish(self, channel: str, data: bytes) -> int:
         try:
             # Channel layers carry dicts; bytes travel base64-encoded under "b".
-            await self.layer.send(channel, {"type": "processhub.message", "b": base64.b64encode(data).decode()})
+            sealed = self._sealer.seal(channel.encode(), data, time.time())
+            await self.layer.send(channel, {"type": "processhub.message", "b": base64.b64encode(sealed).decode()})
         except Exception as exc:  # noqa: BLE001 - layers raise assorted errors; callers get one named type
             raise TransportUnavailable(f"channel layer {self.alias!r} failed: {exc}") from exc
         return 1

@@ -23,8 +23,9 @@ import logging
 import socket
 import ssl
 import threading
+import time
 import weakref
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
 from typing import Any
 
@@ -32,6 +33,7 @@ from ..exceptions import TransportUnavailable
 from ..logs import Throttled
 from ..masking import mask_url
 from .base import Handler, Transport
+from .envelope import EnvelopeRefused, Keys, Opener, Sealer, legacy_refusal, legacy_request
 from .resp import FRAME_MARK, FRAMED_SUFFIX, RedisReplyError, frames, pack, publish_command, reader, unframe
 
 logger = logging.getLogger(__name__)
@@ -253,9 +255,14 @@ class RedisTransport(Transport):
       detects a silently dead link (a blackholed proxy) within ``3 * ping_interval``.
     """
 
-    def __init__(self, url: str | Endpoint, ping_interval: float = 1.0, publish_timeout: float = 2.0,
-                 connect_timeout: float = 1.0) -> None:
+    def __init__(self, url: str | Endpoint, keys: Keys, replay_window: float = 30.0, ping_interval: float = 1.0,
+                 publish_timeout: float = 2.0, connect_timeout: float = 1.0) -> None:
         self.endpoint = url if isinstance(url, Endpoint) else Endpoint(url)
+        self.keys = keys
+        self._sealer = Sealer(keys)
+        self._opener = Opener(keys, replay_window)
+        self.refused: Counter[str] = Counter()  # messages dropped unopened, by reason (a metric)
+        self._legacy_answered = 0.0
         self.ping_interval = ping_interval
         self.publish_timeout = publish_timeout
         self.connect_timeout = connect_timeout
@@ -305,7 +312,8 @@ class RedisTransport(Transport):
 
     def blocking(self) -> RedisBlockingPublisher:
         if self._blocking is None:
-            self._blocking = RedisBlockingPublisher(self.endpoint, self.publish_timeout, self.connect_timeout)
+            self._blocking = RedisBlockingPublisher(self.endpoint, self.keys, self.publish_timeout,
+                                                    self.connect_timeout)
         return self._blocking
 
     def loop_publisher(self, loop: asyncio.AbstractEventLoop) -> RedisLoopPublisher | None:
@@ -329,6 +337,10 @@ class RedisTransport(Transport):
         return entry[1]
 
     async def publish(self, channel: str, data: bytes) -> int:
+        # Sealed now, in the order publishes are made: the counter must grow in the order Redis delivers.
+        return await self._enqueue(channel, self._sealer.seal(channel.encode(), data, time.time()))
+
+    async def _enqueue(self, channel: str, data: bytes) -> int:
         conn = self._pub
         if conn is None or conn.lost.done():
             await self._connect_publisher()
@@ -451,9 +463,15 @@ class RedisTransport(Transport):
                                       reply[1][:80])
             else:
                 messages = [data]
+            now = time.time()
             for one in messages:
                 try:
-                    handler(one)
+                    payload = self._opener.open(reply[1], one, now)
+                except EnvelopeRefused as exc:
+                    self._refuse(reply[1], one, exc.reason)
+                    continue
+                try:
+                    handler(payload)
                 except Exception:
                     self._log.log(logging.ERROR, "handler", "processhub: a message handler failed on %s",
                                   reply[1][:80])
@@ -466,6 +484,20 @@ class RedisTransport(Transport):
             fut = self._confirm.pop(reply[1], None)
             if fut is not None and not fut.done():
                 fut.set_result(None)
+
+    def _refuse(self, channel: bytes, data: bytes, reason: str) -> None:
+        """Drop a message that is not a fresh envelope of this hub: counted, logged once per interval."""
+        self.refused[reason] += 1
+        self._log.warning(f"refused {reason}", "processhub: dropped a message on %s: %s (%d dropped for this "
+                          "reason so far)", channel[:80].decode(errors="replace"), reason, self.refused[reason])
+        if reason == "unsigned":
+            legacy = legacy_request(data)
+            now = time.monotonic()
+            if legacy is not None and now - self._legacy_answered > 1.0:
+                # An older processhub (wire version 1): tell it why, at most once a second.
+                self._legacy_answered = now
+                asyncio.ensure_future(self._enqueue(legacy[0], legacy_refusal(legacy[1]))).add_done_callback(
+                    _retrieve)
 
     async def _subscribe_forever(self) -> None:
         backoff = 0.05
@@ -550,6 +582,7 @@ class RedisLoopPublisher:
 
     def __init__(self, transport: RedisTransport) -> None:
         self._transport = transport
+        self._sealer = Sealer(transport.keys)
         self._conn: weakref.ref | None = None
         self._opening: asyncio.Future | None = None
 
@@ -557,7 +590,8 @@ class RedisLoopPublisher:
         conn = self._conn() if self._conn is not None else None
         if conn is None or conn.lost.done():
             conn = await self._connect()
-        fut = conn.request(publish_command(channel.encode(), data))
+        ch = channel.encode()
+        fut = conn.request(publish_command(ch, self._sealer.seal(ch, data, time.time())))
         timer = asyncio.get_running_loop().call_later(self._transport.publish_timeout, conn.abort)
         try:
             reply = await fut
@@ -589,23 +623,28 @@ class RedisBlockingPublisher:
     on a fresh one.
     """
 
-    def __init__(self, endpoint: Endpoint, timeout: float, connect_timeout: float) -> None:
+    def __init__(self, endpoint: Endpoint, keys: Keys, timeout: float, connect_timeout: float) -> None:
         self._endpoint = endpoint
+        self._keys = keys
         self._timeout = timeout
         self._connect_timeout = connect_timeout
         self._local = threading.local()
 
     def publish(self, channel: str, data: bytes) -> int:
-        cmd = publish_command(channel.encode(), data)
-        conn = getattr(self._local, "conn", None)
+        ch = channel.encode()
+        local = self._local
+        sealer = getattr(local, "sealer", None)
+        if sealer is None:
+            sealer = local.sealer = Sealer(self._keys)  # one sender per thread: its counter grows in send order
+        conn = getattr(local, "conn", None)
         if conn is not None:
             try:
-                return self._roundtrip(conn, cmd)
+                return self._roundtrip(conn, publish_command(ch, sealer.seal(ch, data, time.time())))
             except (OSError, EOFError):
                 self._drop(conn)  # stale: retry once below on a fresh connection
         conn = self._connect()
         try:
-            return self._roundtrip(conn, cmd)
+            return self._roundtrip(conn, publish_command(ch, sealer.seal(ch, data, time.time())))
         except (OSError, EOFError) as exc:
             self._drop(conn)
             raise TransportUnavailable(f"Redis is unreachable at {self._endpoint.describe()}: "

@@ -9,8 +9,11 @@ import pytest
 import redis
 
 from hubproject.demo.processes import Counter
+from processhub.conf import envelope_keys, hub_settings
 from processhub.exceptions import ProcessHubError
 from processhub.models import Node, NodeStatus, Process, ProcessStatus
+from processhub.runtime import get_runtime
+from processhub.transport.envelope import Opener
 from tests.cluster.harness import FAST, wait_for
 from tests.conftest import REDIS_URL, needs_services
 from tests.hubtest.processes import Echo, Temporary, Transient
@@ -74,7 +77,8 @@ def test_sigstop_longer_than_ttl_never_serves_old_epochs(cluster3):
     try:
         # A call that reaches the paused node's buffer: it must not be handled on wake-up.
         env = {"t": "call", "l": Echo.label, "p": "perm1", "m": {"from": "buffer"}, "r": reply_channel, "id": "z"}
-        assert r.publish(node_row.channel, json.dumps(env)) == 1
+        rt = get_runtime()
+        assert rt.run_sync(rt.transport.publish(node_row.channel, json.dumps(env).encode())) == 1
         wait_for(lambda: not rows_on(victim), BUDGET + SLACK, "takeover of the paused node's processes")
         for (label, pid), epoch in old.items():
             if label != Temporary.label:
@@ -89,7 +93,8 @@ def test_sigstop_longer_than_ttl_never_serves_old_epochs(cluster3):
     while answer is None and time.monotonic() < deadline:
         msg = pubsub.get_message(timeout=0.2)
         if msg and msg["type"] == "message":
-            answer = json.loads(msg["data"])
+            opener = Opener(envelope_keys(hub_settings()), 30)  # the reply is sealed, like every message of the hub
+            answer = json.loads(opener.open(reply_channel.encode(), msg["data"], time.time()))
     assert answer is not None and answer["ok"] is False and answer["err"] == "fenced", answer
     # Rejoined under a new incarnation, and the buffered call was not handled anywhere.
     wait_for(lambda: Node.objects.filter(name=victim, status=NodeStatus.UP).exclude(id=node_row.id).exists(),
