@@ -2,9 +2,15 @@
 
     from processhub import HordeProcess
 """
+import importlib.metadata
 from typing import Any
 
-__all__ = ["HordeProcess", "ProcessRef"]
+__all__ = ["HordeProcess", "ProcessRef", "__version__"]
+
+try:
+    __version__ = importlib.metadata.version("processhub")
+except importlib.metadata.PackageNotFoundError:  # a source checkout that was never installed (the demo, the test-suite)
+    __version__ = "0.2.0.dev0"  # keep equal to pyproject.toml's version
 
 
 def __getattr__(name: str) -> Any:
