@@ -8,7 +8,7 @@ from typing import Any, ClassVar
 
 from django.core.exceptions import ImproperlyConfigured
 
-from . import classes, store
+from . import classes, push, store
 from .exceptions import InvalidArgument
 from .runtime import get_runtime
 from .values import ProcessRef
@@ -127,6 +127,25 @@ class HordeProcess:
             return activation.timer(seconds, message, epoch)
         loop.call_soon_threadsafe(activation.timer, seconds, message, epoch)
         return None
+
+    @property
+    def channel_group(self) -> str:
+        """This process's Channels group: the one ``processhub.consumers`` consumers of it join."""
+        return push.channel_group(self.label, self.process_id)
+
+    async def group_send(self, group: str, message: dict[str, Any]) -> None:
+        """Send ``message`` (a dict with a ``"type"``) to a Channels group through the project's channel layer.
+
+        ``await self.group_send(self.channel_group, {"type": "process.push", "data": ...})`` reaches every
+        browser tab connected to this process through a ``ProcessConsumer``, on any web server.
+        """
+        await push.group_send(group, message)
+
+    def group_send_sync(self, group: str, message: dict[str, Any]) -> None:
+        """``group_send`` from a plain ``def`` callback (it runs in a worker thread): waits until sent."""
+        loop = self._activation.host.rt.loop
+        asyncio.run_coroutine_threadsafe(push.group_send(group, message), loop).result(
+            self._activation.host.hs.CALL_TIMEOUT)
 
     def exit(self, reason: str = "normal") -> None:
         """End this process after the current handler ('normal' counts as a clean exit)."""
