@@ -1,15 +1,20 @@
-"""Chaos scenarios (issue 3): faults against a real cluster, judged by the double-activation detector.
+"""Chaos scenarios (issues 3 and 15): faults against a real cluster, judged by the strict verdict.
 
-Every scenario runs ``ChaosRecorder`` processes that report start/tick/stop to a
-Redis list outside the cluster under test, then asserts zero overlapping
-activations, zero backwards epochs, zero lost processes, and the scenario's own
-promise. Sizes are CI-sized; ``--chaos-scale 10`` multiplies them.
+Every scenario runs recorder processes (``ChaosRecorder``, and the plain ``def``
+``BlockingRecorder`` where a handler must outlive a fault) that report every
+callback to a Redis list outside the cluster under test, then asserts the strict
+verdict of tests/chaos/recording.py -- no action after its incarnation's lease
+ended (database clock) unless the test names it with an ``Allow``, no overlap,
+backwards or split epoch, no twin instance, no lost process, no lost evidence --
+and the scenario's own promise. Sizes are CI-sized; ``--chaos-scale 10``
+multiplies them.
 """
 from __future__ import annotations
 
 import asyncio
 import random
 import signal
+import threading
 import time
 
 import psycopg
@@ -22,9 +27,11 @@ from processhub.placement import choose
 from processhub.runtime import get_runtime
 from tests.chaos.detector import activations
 from tests.chaos.load import run_many, start_many
+from tests.chaos.recording import Allow
 from tests.cluster.harness import FAST, wait_for
 from tests.conftest import needs_services, test_database_url
 from tests.hubtest.processes import (
+    BlockingRecorder,
     ChaosRecorder,
     Echo,
     Prober,
@@ -61,12 +68,10 @@ def live_ids() -> set[str]:
     return set(Node.objects.filter(status=NodeStatus.UP, lease_expires_at__gt=Now()).values_list("id", flat=True))
 
 
-def assert_clean(verdict, *, allow_late: bool = True) -> None:
+def assert_clean(verdict) -> None:
+    """The strict verdict: late actions (after the lease ended) fail unless the judge was given an Allow."""
     print(verdict.summary())
     assert verdict.ok, verdict.summary()
-    assert not verdict.late_starts, verdict.summary()
-    if not allow_late:
-        assert not verdict.late, verdict.summary()
 
 
 # ------------------------------------------------------------------ 1. kill the owner mid-heartbeat
@@ -176,7 +181,8 @@ def test_partition_from_redis_keeps_processes_callers_get_errors_then_reach_it(c
         ChaosRecorder.call(recording.arg(pid_a), {}, timeout=1.5)
     took = time.monotonic() - t0
     print(f"{fault}: a caller of a process on a got {type(info.value).__name__} after {took:.2f}s: {info.value}")
-    assert isinstance(info.value, CallTimeout) and took < 1.5 + 1.0
+    # Bounded (I7): the timeout, plus scheduling noise of a loaded machine -- not a speed figure.
+    assert isinstance(info.value, CallTimeout) and took < 1.5 + SLACK
     assert ChaosRecorder.call(recording.arg(on_b[0]), {})["node"] == "b"  # the rest of the cluster is fine
     # Well past NODE_TTL, a's processes still run on a, same incarnation, same epochs.
     recording.wait_alive(before, cut_wall + 2 * TTL, 10 + 2 * TTL)
@@ -204,7 +210,9 @@ def test_two_nodes_start_the_same_ids_at_once_under_a_delayed_database(chaos_fac
     client = get_runtime().client
     # Warm every node's database connections first: a fresh connection through a slow link costs
     # several round trips, enough to miss the first lease renewal (NODE_TTL is 1.5 s here).
-    run_many(lambda i: client.start(ChaosRecorder, recording.arg(f"warm{i}"), node="ab"[i % 2]), list(range(16)))
+    warm = run_many(lambda i: client.start(ChaosRecorder, recording.arg(f"warm{i}"), node="ab"[i % 2]),
+                    list(range(16)))
+    assert not [r for r in warm if isinstance(r, Exception)], warm
     c.delay("a", 0.05, "db")
     c.delay("b", 0.05, "db")
     pids = [f"race{i}" for i in range(int(40 * chaos_scale))]
@@ -230,7 +238,7 @@ def test_two_nodes_start_the_same_ids_at_once_under_a_delayed_database(chaos_fac
     settle = time.time()
     recording.wait_alive(pids, settle, 10)
     verdict = recording.judge(pids, settle)
-    assert_clean(verdict, allow_late=False)
+    assert_clean(verdict)
     assert len({(e["pid"], e["epoch"]) for e in recording.events() if e["pid"] in pids}) == len(pids)
 
 
@@ -265,7 +273,9 @@ def test_read_your_writes_start_on_one_node_fetch_on_another(chaos_factory, chao
 
 
 def test_node_restart_faster_than_ttl_old_activations_not_counted_alive(chaos_factory, recording):
-    ttl = 6.0
+    # A NODE_TTL long enough for a restart on a loaded 2-core machine (booting Django takes seconds there):
+    # a slow restart gets this longer deadline, never a skip.
+    ttl = 12.0
     c = chaos_factory(settings={"NODE_TTL": ttl, "LEASE_SAFETY_MARGIN": 0.5, "HEARTBEAT_INTERVAL": 0.3})
     c.start_nodes(["a", "b"])
     pids = [f"rs{i}" for i in range(40)]
@@ -279,8 +289,7 @@ def test_node_restart_faster_than_ttl_old_activations_not_counted_alive(chaos_fa
     fresh = c.wait_rejoined("a", old, 30)
     took = time.monotonic() - killed
     print(f"a restarted as a new incarnation in {took:.2f}s (NODE_TTL {ttl}s)")
-    if took > ttl - 1.5:
-        pytest.skip(f"the machine is too slow to restart a node well within NODE_TTL ({took:.1f}s)")
+    assert took < ttl - 2.0, f"the restart ({took:.1f}s) did not come well within NODE_TTL: nothing was tested"
     # Same name, new incarnation: the old rows are the dead incarnation's, not the new one's.
     assert Node.objects.filter(id=old, lease_expires_at__gt=Now()).exists()
     assert not set(running_on(fresh)) & set(before)
@@ -292,7 +301,8 @@ def test_node_restart_faster_than_ttl_old_activations_not_counted_alive(chaos_fa
         t0 = time.monotonic()
         ref = ChaosRecorder.start(recording.arg(pid), timeout=ttl + 5)
         assert ref.node_id == fresh
-        slow += [(pid, round(time.monotonic() - t0, 2))] if time.monotonic() - t0 > 1.0 else []
+        # Waiting for the dead incarnation would take until its lease ran out (most of NODE_TTL).
+        slow += [(pid, round(time.monotonic() - t0, 2))] if time.monotonic() - t0 > ttl / 4 else []
     assert not slow, f"starts placed on the restarted node waited for the dead incarnation: {slow}"
     # Once the old lease has run out, each old process is claimed once (epoch + 1).
     wait_for(lambda: placed_elsewhere(before, old), ttl + BUDGET + SLACK, "the dead incarnation's processes to move")
@@ -329,11 +339,11 @@ def test_restart_storm_within_max_restarts(chaos_factory, recording, chaos_scale
     assert {statuses[p] for p in doomed} == {ProcessStatus.FAILED}
     assert {statuses[p] for p in survivors} == {ProcessStatus.RUNNING}
     replies = run_many(lambda p: client.call(StormRecorder, recording.arg(p), {}, timeout=5), survivors)
-    assert all(r["epoch"] == 1 + StormRecorder.max_restarts for r in replies), replies
+    assert all(not isinstance(r, Exception) and r["epoch"] == 1 + StormRecorder.max_restarts for r in replies), replies
     settle = time.time()
     recording.wait_alive(survivors, settle, 10)
     verdict = recording.judge(survivors, settle)
-    assert_clean(verdict, allow_late=False)
+    assert_clean(verdict)
     # every restart in place is a new activation (epoch + 1); a failed process gets none
     assert verdict.report.activations == len(pids) * (1 + StormRecorder.max_restarts)
 
@@ -402,8 +412,10 @@ def test_full_cluster_cold_boot_restores_every_declared_process(chaos_factory, r
     start_many(TemporaryRecorder, [recording.arg(p) for p in temp])
     client = get_runtime().client
     exited, stopped = trans[:k], perm[:k]
-    run_many(lambda p: client.call(TransientRecorder, recording.arg(p), {"op": "exit"}), exited)
-    assert all(run_many(lambda p: client.stop(ChaosRecorder, recording.arg(p)), stopped))
+    exits = run_many(lambda p: client.call(TransientRecorder, recording.arg(p), {"op": "exit"}), exited)
+    assert not [r for r in exits if isinstance(r, Exception)], exits
+    stops = run_many(lambda p: client.stop(ChaosRecorder, recording.arg(p)), stopped)
+    assert all(r is True for r in stops), stops  # an exception in the list is truthy too
     declared = {(ChaosRecorder.label, p) for p in perm[k:]} | {(TransientRecorder.label, p) for p in trans[k:]}
     epochs = {(lbl, p): e for lbl, p, e in Process.objects.values_list("label", "process_id", "epoch")}
     for name in ("a", "b", "c"):
@@ -425,3 +437,116 @@ def test_full_cluster_cold_boot_restores_every_declared_process(chaos_factory, r
     not_back = set(exited) | set(stopped) | set(temp)
     assert all(rows[k_][0] == ProcessStatus.STOPPED for k_ in rows if k_[1] in not_back)
     assert not {e["pid"] for e in recording.events() if e["t"] >= boot} & not_back
+
+
+# ------------------------------------------------------------------ 10. paused past its lease during a blocking handler
+
+# The one late action a pause scenario may name (issue 15): right after SIGCONT, a plain ``def`` handler's
+# thread (sleeping through the pause) can take its next step in the few ms before its node ends itself.
+SIGCONT_RACE = "a plain def handler's step racing its node's exit right after SIGCONT"
+BLOCK_SECONDS = 25.0  # outlives the pause, the takeover and the wake-up by far
+
+
+def block_in_background(recording, pid: str, seconds: float = BLOCK_SECONDS, step: float = 0.05) -> dict:
+    """Call ``{"op": "block"}`` on BlockingRecorder ``pid`` from a thread; the outcome lands in the dict."""
+    out: dict = {}
+
+    def go():
+        try:
+            out["reply"] = BlockingRecorder.call(recording.arg(pid), {"op": "block", "seconds": seconds, "step": step},
+                                                 timeout=seconds + 10)
+        except Exception as exc:  # noqa: BLE001 - the caller of a frozen node gets an error; kept for the print
+            out["error"] = repr(exc)
+
+    threading.Thread(target=go, name=f"block-{pid}", daemon=True).start()
+    wait_for(lambda: any(e["pid"] == pid and e.get("cb") == "block" for e in recording.events()), 15,
+             f"{pid}'s blocking handler to take its first step")
+    return out
+
+
+def wake_and_settle(c, name: str, old_incarnation: str) -> tuple[float, bool]:
+    """SIGCONT ``name``; wait until it ended its own OS process or rejoined; restart it if it ended.
+
+    Returns (the wall clock just before SIGCONT, whether it exited).
+    """
+    resumed = time.time()
+    c.resume(name)
+    wait_for(lambda: not c.alive(name) or c.incarnation(name) not in (None, old_incarnation), 30,
+             f"{name} to end itself or rejoin after SIGCONT")
+    exited = not c.alive(name)
+    if exited:
+        code = c.nodes[name].popen.returncode
+        print(f"{name} ended its own OS process after waking (exit code {code}); restarting it")
+        assert code != 0, f"{name} woke past its lease and exited 0, as if all were well"
+        c.start_node(name)  # as a process manager would
+    else:
+        print(f"{name} rejoined under a new incarnation after waking")
+    return resumed, exited
+
+
+def test_node_paused_past_lease_during_blocking_handler(chaos_factory, recording):
+    """A node frozen (SIGSTOP) past its lease while a plain ``def`` handler runs: its id moves, and nothing of
+    the old activation acts after the lease ended but the named SIGCONT race.
+
+    The handler's worker thread cannot be cancelled; async recorders on the same node
+    show whether ``terminate("lease lost")`` runs after the lease ended.
+    """
+    c = chaos_factory()
+    c.start_nodes(["a", "b", "c"])
+    victim = c.incarnation("a")
+    BlockingRecorder.start(recording.arg("blocker"), node="a")
+    pids = [f"pz{i}" for i in range(6)]
+    for pid in pids:
+        ChaosRecorder.start(recording.arg(pid), node="a")
+    blockers, others = running_on(victim, BlockingRecorder.label), running_on(victim)
+    assert set(blockers) == {"blocker"} and set(others) == set(pids)
+    call = block_in_background(recording, "blocker")
+    c.pause("a")
+    paused = time.monotonic()
+    wait_for(lambda: placed_elsewhere(blockers, victim, BlockingRecorder.label) and placed_elsewhere(others, victim),
+             BUDGET + 2 * SLACK, "a's processes to run elsewhere while a is frozen")
+    print(f"a frozen; its processes ran elsewhere {time.monotonic() - paused:.2f}s later")
+    recording.wait_alive(["blocker", *pids], time.time(), 10)  # the new activations act while a is frozen
+    resumed, exited = wake_and_settle(c, "a", victim)
+    row = Process.objects.get(label=BlockingRecorder.label, process_id="blocker")
+    assert row.status == ProcessStatus.RUNNING and row.node_id != victim and row.epoch > blockers["blocker"], row
+    settle = time.time()
+    recording.wait_alive(["blocker", *pids], settle, 15)
+    print(f"the blocking call's caller got: {call}")
+    verdict = recording.judge(["blocker", *pids], settle, allow=[
+        Allow(victim, after=resumed, within=0.1, reason=SIGCONT_RACE, callbacks=("block",))])
+    assert_clean(verdict)
+
+
+def test_single_node_paused_past_lease_during_blocking_handler(chaos_factory, recording):
+    """The same pause with nobody to take over: when the node (or its restart) runs the id again, at a larger
+    epoch, the old activation's handler has stopped acting (DESIGN I10: not two activations in one OS process)."""
+    c = chaos_factory()
+    c.start_node("a")
+    victim = c.incarnation("a")
+    epoch = BlockingRecorder.start(recording.arg("solo")).epoch
+    call = block_in_background(recording, "solo")
+    c.pause("a")
+    wait_for(lambda: not Node.objects.filter(id=victim, lease_expires_at__gt=Now()).exists(), TTL + 2 * SLACK,
+             "a's lease to run out in the database")
+    lease_end = Node.objects.get(id=victim).lease_expires_at.timestamp()
+    wait_for(lambda: time.time() > lease_end + 0.5, 5, "the pause to outlast the lease by half a second")
+    resumed, exited = wake_and_settle(c, "a", victim)
+
+    def running_again():
+        row = Process.objects.get(label=BlockingRecorder.label, process_id="solo")
+        return row.status == ProcessStatus.RUNNING and row.node_id in live_ids() and row.epoch > epoch
+
+    wait_for(running_again, BUDGET + 2 * SLACK + 10, "solo to run again at a larger epoch")
+    settle = time.time()
+    recording.wait_alive(["solo"], settle, 15)
+    print(f"the blocking call's caller got: {call}")
+    events = [e for e in recording.events() if e["pid"] == "solo"]
+    new_start = min(e["t"] for e in events if e["epoch"] > epoch)
+    old_after = [e for e in events if e["epoch"] == epoch and e["t"] > new_start]
+    verdict = recording.judge(["solo"], settle, allow=[
+        Allow(victim, after=resumed, within=0.1, reason=SIGCONT_RACE, callbacks=("block",))])
+    print(f"old epoch {epoch} events after epoch {epoch + 1}'s start: {len(old_after)}"
+          + (f", the last {old_after[-1]['t'] - new_start:.2f}s after it" if old_after else ""))
+    assert_clean(verdict)
+    assert not old_after, f"{len(old_after)} actions of epoch {epoch} after the next epoch started: {old_after[:3]}"

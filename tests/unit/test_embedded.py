@@ -129,8 +129,26 @@ def test_async_twins(embedded):
         assert (await Echo.afetch("a1")).epoch == ref.epoch
         await Echo.acast("a1", {})
         assert (await Echo.acall("a1", {}))["casts"] == 1
-        assert await Echo.astop("a1")
-        with pytest.raises(ProcessNotRunning):
-            raise ProcessNotRunning("x")
+        assert await Echo.astop("a1") is True
+        assert await Echo.afetch("a1") is None
+        assert await Echo.astop("a1") is False
 
     asyncio.run(go())
+
+
+def test_call_queued_behind_a_normal_exit_gets_process_not_running(embedded):
+    import asyncio
+
+    async def go():
+        await Transient.astart("q1")
+        busy = asyncio.ensure_future(Transient.acall("q1", {"op": "sleep", "s": 0.5}))
+        await asyncio.sleep(0.1)
+        leaving = asyncio.ensure_future(Transient.acall("q1", {"op": "exit"}))
+        await asyncio.sleep(0.1)
+        queued = asyncio.ensure_future(Transient.acall("q1", {"op": "where"}))  # behind the exit in the mailbox
+        await asyncio.gather(busy, leaving)
+        with pytest.raises(ProcessNotRunning):
+            await queued
+
+    asyncio.run(go())
+    assert Process.objects.get(process_id="q1", label=Transient.label).status == ProcessStatus.STOPPED
