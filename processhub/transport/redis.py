@@ -117,12 +117,19 @@ class Endpoint:
         from redis.exceptions import RedisError
         from redis.sentinel import MasterNotFoundError, Sentinel
 
-        sentinel = Sentinel(self.sentinels, socket_timeout=timeout, sentinel_kwargs=self.sentinel_options or None)
+        # redis-py takes sentinel_kwargs *instead of* the socket_* keywords: without these, REDIS_SENTINEL_OPTIONS
+        # (a sentinel password) would make a silent sentinel an unbounded wait (DESIGN I7).
+        kwargs = {"socket_timeout": timeout, "socket_connect_timeout": timeout, **self.sentinel_options}
+        sentinel = Sentinel(self.sentinels, socket_timeout=timeout, sentinel_kwargs=kwargs)
         try:
             return sentinel.discover_master(self.sentinel_master)
         except (MasterNotFoundError, RedisError, OSError) as exc:
+            # MasterNotFoundError lists each sentinel's error (AuthenticationError, TimeoutError): that is the cause.
             raise TransportUnavailable(f"no Redis master {self.sentinel_master!r} from the sentinels: "
-                                       f"{type(exc).__name__}") from None
+                                       f"{type(exc).__name__}: {mask_url(str(exc))}") from None
+        finally:
+            for client in sentinel.sentinels:
+                client.close()
 
 
 def _host_port(text: str) -> tuple[str, int]:
@@ -150,6 +157,8 @@ class _Conn(asyncio.Protocol):
         self.waiters: deque[tuple[asyncio.Future | list[asyncio.Future], float]] = deque()
         self.born = loop.time()
         self.answered = False
+        self.refused = ""  # the last error reply on a subscriber connection (an ACL's NOPERM), for the error message
+        self.why = ""  # why the connection was lost, for the error of a later write
 
     def young(self) -> bool:
         return asyncio.get_running_loop().time() - self.born < 5.0
@@ -171,7 +180,8 @@ class _Conn(asyncio.Protocol):
         if not self.lost.done():
             self.lost.set_result(exc)
         waiters, self.waiters = self.waiters, deque()
-        why = type(exc).__name__ if exc else "closed"
+        # The text too: an SSLError's says why ("tlsv13 alert certificate required": the server wants a client cert).
+        why = self.why = f"{type(exc).__name__}: {mask_url(str(exc))}" if exc else "closed"
         for target, _ in waiters:
             for fut in target if isinstance(target, list) else (target,):
                 if not fut.done():
@@ -179,7 +189,9 @@ class _Conn(asyncio.Protocol):
 
     def write(self, data: bytes) -> None:
         if self.transport is None or self.transport.is_closing():
-            raise TransportUnavailable("Redis connection is closed")
+            # A TLS server that refuses the client's certificate closes right after the handshake: say so.
+            raise TransportUnavailable(f"Redis connection is closed ({self.why})" if self.why
+                                       else "Redis connection is closed")
         self.transport.write(data)
 
     def request(self, data: bytes) -> asyncio.Future:
@@ -226,7 +238,14 @@ async def open_connection(endpoint: Endpoint, timeout: float) -> _Conn:
                                           server_hostname=host if endpoint.tls else None)
         await asyncio.wait_for(coro, timeout)
         for command in endpoint.handshake():
-            reply = await asyncio.wait_for(conn.request(command), timeout)
+            try:
+                fut = conn.request(command)
+            except TransportUnavailable:
+                # Closed as it opened: a TLS server that refuses the client's certificate. Its alert says why.
+                await asyncio.wait({conn.lost}, timeout=0.5)
+                raise TransportUnavailable(f"Redis at {endpoint.describe()} closed the connection at once "
+                                           f"({conn.why or 'no reason given'})") from None
+            reply = await asyncio.wait_for(fut, timeout)
             if isinstance(reply, RedisReplyError):
                 conn.abort()
                 raise TransportUnavailable(f"Redis at {endpoint.describe()} refused AUTH: {_first_word(reply)}")
@@ -240,6 +259,12 @@ async def open_connection(endpoint: Endpoint, timeout: float) -> _Conn:
 def _first_word(reply: Exception) -> str:
     # "WRONGPASS invalid username-password pair..." -> the error code only; never echo the command.
     return str(reply).split(" ", 1)[0]
+
+
+def _refusal(reply: Exception) -> str:
+    # NOPERM texts name the command or say "channel", never an argument: whole, they say what to grant.
+    text = str(reply)
+    return mask_url(text[:200]) if text.startswith("NOPERM") else _first_word(reply)
 
 
 class RedisTransport(Transport):
@@ -448,6 +473,9 @@ class RedisTransport(Transport):
     def _on_sub_reply(self, conn: _Conn, reply: Any) -> None:
         self._heard = True
         if type(reply) is not list or len(reply) < 3:
+            if isinstance(reply, RedisReplyError):
+                # A refused SUBSCRIBE (an ACL user without the hub's channels) or PING: what subscribe() reports.
+                conn.refused = f"Redis refused a command: {_refusal(reply)}"
             return  # +PONG outside subscribed mode, or an error reply to a PING
         kind = reply[0]
         if kind == b"message":
@@ -526,10 +554,10 @@ class RedisTransport(Transport):
             if conn is not None and not conn.young():
                 backoff = 0.05  # a long session ended: reconnect at once
             answered = conn is not None and conn.answered
-            self._last_error = mask_url(str(exc)) if exc else "closed"
+            refused = conn.refused if conn is not None else ""
+            self._last_error = mask_url(str(exc)) if exc else (refused or "closed")
             self._log.log(logging.WARNING if answered else logging.INFO, "sub-lost",
-                          "processhub: Redis subscriber connection lost (%s); reconnecting",
-                          mask_url(str(exc)) if exc else "closed")
+                          "processhub: Redis subscriber connection lost (%s); reconnecting", self._last_error)
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, 1.0)
 
