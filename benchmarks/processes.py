@@ -1,4 +1,6 @@
-"""The process class the benchmark starts: an echo with a cast counter and a little introspection."""
+"""The process classes the benchmark starts: an echo with a cast counter, and a pusher for the fan-out figure."""
+import asyncio
+import time
 from typing import Any
 
 from processhub import HordeProcess
@@ -21,3 +23,16 @@ class Bench(HordeProcess):
     async def handle_cast(self, message: Any) -> None:
         self.casts += 1
 
+
+
+class Fanout(HordeProcess):
+    """Pushes numbered messages, stamped with ``time.monotonic()`` just before each send, to its Channels group."""
+
+    async def handle_call(self, message: Any) -> Any:
+        phase, n, gap = message["phase"], int(message["n"]), float(message.get("gap", 0))
+        group = self.channel_group
+        for i in range(n):
+            await self.group_send(group, {"type": "process.push", "data": {"p": phase, "i": i, "t": time.monotonic()}})
+            if gap:
+                await asyncio.sleep(gap)
+        return n

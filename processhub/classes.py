@@ -48,6 +48,11 @@ def get(label: object) -> type[Any]:
     return _classes[label]
 
 
+def registered() -> list[type[Any]]:
+    """Every registered class, by label."""
+    return [_classes[label] for label in sorted(_classes)]
+
+
 def labels() -> list[str]:
     return sorted(_classes)
 

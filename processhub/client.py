@@ -12,13 +12,13 @@ import os
 import threading
 import time
 import uuid
-from dataclasses import replace
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterable
+from dataclasses import dataclass, replace
 from typing import Any, Protocol, TypeVar
 
 from django.db import DatabaseError
 
-from . import classes, metrics, placement, store, wire
+from . import classes, metrics, placement, signals, store, wire
 from .conf import hub_settings
 from .exceptions import (
     CallTimeout,
@@ -32,6 +32,7 @@ from .exceptions import (
     ProcessHubError,
     ProcessNotRunning,
     ProcessUnavailable,
+    StartManyFailed,
     SyncCallFromAsyncContext,
     UnknownProcessClass,
 )
@@ -118,6 +119,48 @@ def _resolve(fut: asyncio.Future, env: dict) -> None:
 
 _MISS = object()
 LOOKUP_BATCH = 500  # keys per registry lookup statement
+MAX_MANY = 1000  # ids per START_MANY / STOP_MANY message (nodes accept up to 2,000)
+
+
+def _name_of(cls: ProcessClass, arg: Any, index: int) -> str:
+    """How start_many names a refused argument: its process id if it has one, else its position ("#3")."""
+    try:
+        pid = cls.process_id(arg)
+    except Exception:  # noqa: BLE001 - the argument was refused already; this only names it
+        pid = None
+    return pid if isinstance(pid, str) and pid else f"#{index}"
+
+
+@dataclass(frozen=True)
+class StartManyResult:
+    """What ``start_many`` did: ``refs`` (process id -> ProcessRef) and ``errors`` (id -> ProcessHubError).
+
+    An argument whose id could not even be computed is reported under ``"#<its index in args>"``.
+    """
+
+    refs: dict[str, ProcessRef]
+    errors: dict[str, ProcessHubError]
+
+
+@dataclass(frozen=True, slots=True)
+class StartWith:
+    """What a call or cast does when the process does not run: start it (with these tags and metadata), or not."""
+
+    start: bool = True
+    tags: tuple[str, ...] | None = None
+    metadata: dict[str, Any] | None = None
+
+
+GET_OR_START = StartWith()
+NOT_STARTED = StartWith(start=False)
+
+
+def start_with(start: bool = True, tags: Any = (), metadata: Any = None) -> StartWith:
+    """Checked start options (``InvalidArgument`` for bad tags or metadata); the shared default when plain."""
+    if start is True and not tags and metadata is None:
+        return GET_OR_START
+    return StartWith(bool(start), wire.check_tags(tags) if tags else None,
+                     None if metadata is None else wire.check_metadata(metadata))
 
 
 def _retrieve(task: asyncio.Future) -> None:
@@ -158,7 +201,7 @@ class Client:
         self.rt = rt
         self.hs = hs
         self.reply_channel = f"{hs.PREFIX}.reply.{uuid.uuid4().hex}{FRAMED_SUFFIX}"
-        self.events_channel = f"{hs.PREFIX}.events"
+        self.events_channel = wire.events_channel(hs.PREFIX)
         self.pending: dict[str, asyncio.Future] = {}
         self.cache: dict[tuple[str, str], ProcessRef] = {}
         self.live: dict[str, NodeInfo] = {}
@@ -211,6 +254,17 @@ class Client:
             epoch = env.get("epoch", 1 << 62)
             if cached is not None and isinstance(epoch, int) and cached.epoch <= epoch:
                 self.cache.pop((cached.label, cached.process_id), None)
+            signals.hub_event(env)
+        elif kind == "registered":
+            key = (str(env.get("l")), str(env.get("p")))
+            cached = self.cache.get(key)
+            epoch, node_id, name, channel = env.get("epoch"), env.get("ni"), env.get("n"), env.get("c")
+            if cached is not None and isinstance(epoch, int) and epoch > cached.epoch and isinstance(node_id, str) \
+                    and isinstance(name, str) and isinstance(channel, str):
+                # The new owner after a takeover or move: no lookup needed for the next call.
+                self.cache[key] = ProcessRef(key[0], key[1], name, node_id, epoch, False, channel, cached.tags,
+                                             cached.metadata)
+            signals.hub_event(env)
 
     async def db(self, fn, *args):
         # Bounded (I7): a blackholed database link must not hold a caller past its timeout.
@@ -369,7 +423,7 @@ class Client:
             return None
         self._check_wire(row)
         ref = ProcessRef(row.label, row.process_id, row.node_name or "", row.node_id or "", row.epoch, False,
-                         row.channel or "")
+                         row.channel or "", row.tags, row.metadata)
         self.cache[key] = ref
         return ref
 
@@ -402,14 +456,16 @@ class Client:
 
     # ---------------------------------------------------------- operations
 
-    async def start(self, cls: ProcessClass, arg: Any, timeout: float | None = None,
-                    node: str | None = None) -> ProcessRef:
+    async def start(self, cls: ProcessClass, arg: Any, timeout: float | None = None, node: str | None = None,
+                    tags: Any = (), metadata: Any = None) -> ProcessRef:
         key = self.key_for(cls, arg)
+        how = start_with(True, tags, metadata)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + (timeout or self.hs.CALL_TIMEOUT)
-        return await self._start(key, arg, deadline, node)
+        return await self._start(key, arg, deadline, node, how)
 
-    async def _start(self, key: tuple[str, str], arg: Any, deadline: float, node: str | None = None) -> ProcessRef:
+    async def _start(self, key: tuple[str, str], arg: Any, deadline: float, node: str | None = None,
+                     how: StartWith = GET_OR_START) -> ProcessRef:
         loop = asyncio.get_running_loop()
         force = False
         full: set[str] = set()  # nodes that answered "at capacity" to this start
@@ -429,6 +485,12 @@ class Client:
                     continue
                 raise
             env = {"t": wire.START, "l": key[0], "p": key[1], "a": arg}
+            if how.tags is not None:
+                env["tg"] = list(how.tags)
+            if how.metadata is not None:
+                env["md"] = how.metadata
+            if node is not None:
+                env["g"] = True  # guided: rebalancing leaves it where it was put
             try:
                 reply = await self.request(target.channel, env, remaining)
             except _Undelivered:
@@ -478,15 +540,16 @@ class Client:
     async def fetch(self, cls: ProcessClass, arg: Any) -> ProcessRef | None:
         return await self.lookup(self.key_for(cls, arg))
 
-    async def call(self, cls: ProcessClass, arg: Any, message: Any, timeout: float | None = None) -> Any:
+    async def call(self, cls: ProcessClass, arg: Any, message: Any, timeout: float | None = None,
+                   how: StartWith = GET_OR_START) -> Any:
         key = self.key_for(cls, arg)
         self.check_message(message)
-        return await self._send(cls, key, arg, message, timeout or self.hs.CALL_TIMEOUT, wire.CALL)
+        return await self._send(cls, key, arg, message, timeout or self.hs.CALL_TIMEOUT, wire.CALL, how)
 
-    async def cast(self, cls: ProcessClass, arg: Any, message: Any) -> None:
+    async def cast(self, cls: ProcessClass, arg: Any, message: Any, how: StartWith = GET_OR_START) -> None:
         key = self.key_for(cls, arg)
         self.check_message(message)
-        await self._send(cls, key, arg, message, self.hs.CALL_TIMEOUT, wire.CAST)
+        await self._send(cls, key, arg, message, self.hs.CALL_TIMEOUT, wire.CAST, how)
 
     # ---------------------------------------------------------- fast paths
     #
@@ -533,7 +596,8 @@ class Client:
             observe(label, kind, time.perf_counter() - t0, error)
         return value
 
-    def call_blocking(self, cls: ProcessClass, arg: Any, message: Any, timeout: float | None = None) -> Any:
+    def call_blocking(self, cls: ProcessClass, arg: Any, message: Any, timeout: float | None = None,
+                      how: StartWith = GET_OR_START) -> Any:
         """``call`` from a thread that runs no event loop (a view, a Celery task, the shell).
 
         On a cache hit the calling thread publishes on its own blocking Redis
@@ -551,7 +615,7 @@ class Client:
         if value is not _MISS:
             return value
         left = max(0.001, timeout - (time.perf_counter() - t0))
-        return self.rt.run_sync(self._send(cls, key, arg, message, left, wire.CALL))
+        return self.rt.run_sync(self._send(cls, key, arg, message, left, wire.CALL, how))
 
     def _call_fast(self, key: tuple[str, str], message: Any, timeout: float) -> Any:
         pub = self._blocking
@@ -569,7 +633,8 @@ class Client:
             self.pending.pop(corr, None)
         return self._fast_outcome(key, ref, reply, timeout)
 
-    async def acall(self, cls: ProcessClass, arg: Any, message: Any, timeout: float | None = None) -> Any:
+    async def acall(self, cls: ProcessClass, arg: Any, message: Any, timeout: float | None = None,
+                    how: StartWith = GET_OR_START) -> Any:
         """``call`` from any event loop.
 
         On the runtime's loop this is ``call``. On another loop (an ASGI server's)
@@ -578,10 +643,10 @@ class Client:
         """
         loop = asyncio.get_running_loop()
         if loop is self.rt.loop:
-            return await self.call(cls, arg, message, timeout)
+            return await self.call(cls, arg, message, timeout, how)
         pub = self.rt.transport.loop_publisher(loop)
         if pub is None:
-            return await self.rt.run_async(self.call(cls, arg, message, timeout))
+            return await self.rt.run_async(self.call(cls, arg, message, timeout, how))
         key = self.key_for(cls, arg)
         self.check_message(message)
         timeout = timeout or self.hs.CALL_TIMEOUT
@@ -593,7 +658,7 @@ class Client:
         if value is not _MISS:
             return value
         left = max(0.001, timeout - (time.perf_counter() - t0))
-        return await self.rt.run_async(self._send(cls, key, arg, message, left, wire.CALL))
+        return await self.rt.run_async(self._send(cls, key, arg, message, left, wire.CALL, how))
 
     async def _acall_fast(self, pub: LoopPublisher, loop: asyncio.AbstractEventLoop, key: tuple[str, str],
                           message: Any, timeout: float) -> Any:
@@ -617,7 +682,7 @@ class Client:
             self.pending.pop(corr, None)
         return self._fast_outcome(key, ref, reply, timeout)
 
-    def cast_blocking(self, cls: ProcessClass, arg: Any, message: Any) -> None:
+    def cast_blocking(self, cls: ProcessClass, arg: Any, message: Any, how: StartWith = GET_OR_START) -> None:
         """``cast`` from a thread that runs no event loop: published from this thread on a cache hit."""
         refuse_running_loop()
         key = self.key_for(cls, arg)
@@ -633,16 +698,16 @@ class Client:
             if sent:
                 self._observed(key[0], wire.CAST, t0, None)
                 return
-        self.rt.run_sync(self._send(cls, key, arg, message, self.hs.CALL_TIMEOUT, wire.CAST))
+        self.rt.run_sync(self._send(cls, key, arg, message, self.hs.CALL_TIMEOUT, wire.CAST, how))
 
-    async def acast(self, cls: ProcessClass, arg: Any, message: Any) -> None:
+    async def acast(self, cls: ProcessClass, arg: Any, message: Any, how: StartWith = GET_OR_START) -> None:
         """``cast`` from any event loop; on another loop than the runtime's, published from that loop."""
         loop = asyncio.get_running_loop()
         if loop is self.rt.loop:
-            return await self.cast(cls, arg, message)
+            return await self.cast(cls, arg, message, how)
         pub = self.rt.transport.loop_publisher(loop)
         if pub is None:
-            return await self.rt.run_async(self.cast(cls, arg, message))
+            return await self.rt.run_async(self.cast(cls, arg, message, how))
         key = self.key_for(cls, arg)
         self.check_message(message)
         request = self._fast_request(key, wire.CAST, message, None)
@@ -655,23 +720,23 @@ class Client:
             if sent:
                 self._observed(key[0], wire.CAST, t0, None)
                 return
-        await self.rt.run_async(self._send(cls, key, arg, message, self.hs.CALL_TIMEOUT, wire.CAST))
+        await self.rt.run_async(self._send(cls, key, arg, message, self.hs.CALL_TIMEOUT, wire.CAST, how))
 
-    async def _send(self, cls, key, arg, message, timeout: float, kind: str) -> Any:
+    async def _send(self, cls, key, arg, message, timeout: float, kind: str, how: StartWith = GET_OR_START) -> Any:
         observe = self.metrics_observe
         if observe is None:
-            return await self._deliver(cls, key, arg, message, timeout, kind)
+            return await self._deliver(cls, key, arg, message, timeout, kind, how)
         t0 = time.perf_counter()
         error: BaseException | None = None
         try:
-            return await self._deliver(cls, key, arg, message, timeout, kind)
+            return await self._deliver(cls, key, arg, message, timeout, kind, how)
         except BaseException as exc:
             error = exc
             raise
         finally:
             observe(key[0], kind, time.perf_counter() - t0, error)
 
-    async def _deliver(self, cls, key, arg, message, timeout: float, kind: str) -> Any:
+    async def _deliver(self, cls, key, arg, message, timeout: float, kind: str, how: StartWith) -> Any:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         wait_sleep = cls.wait_sleep if cls.wait_sleep is not None else self.hs.WAIT_SLEEP
@@ -685,7 +750,9 @@ class Client:
                 raise CallTimeout(f"{kind} to {key[0]} {key[1]!r} got no reply within {timeout}s")
             ref = await self.lookup(key, use_cache)
             if ref is None:
-                ref = await self._start(key, arg, deadline)
+                if not how.start:
+                    raise ProcessNotRunning(f"{key[0]} {key[1]!r} is not running (start=False)")
+                ref = await self._start(key, arg, deadline, None, how)
             env = {"t": kind, "l": key[0], "p": key[1], "m": message}
             try:
                 if kind == wire.CAST:
@@ -721,6 +788,193 @@ class Client:
                 # It restarted under a new epoch, or ended: the cached ref is stale either way.
                 self.forget(ref)
             raise error_from(reply)
+
+    async def send_to_running(self, key: tuple[str, str], message: Any, timeout: float | None,
+                              cast: bool = False) -> Any:
+        """Call (or cast to) the process ``key`` = (label, process id) only if it runs: for callers that hold a
+        registry row, not a start argument (hub.publish, hub.multi_call)."""
+        cls = classes.get(key[0])
+        self.check_message(message)
+        kind = wire.CAST if cast else wire.CALL
+        return await self._send(cls, key, None, message, timeout or self.hs.CALL_TIMEOUT, kind, NOT_STARTED)
+
+    # ---------------------------------------------------------- many at once
+
+    async def start_many(self, cls: ProcessClass, args: Iterable[Any], on_failure: str = "continue",
+                         timeout: float | None = None, tags: Any = (), metadata: Any = None) -> StartManyResult:
+        """Start many processes of one class: one message per target node (and per MAX_MANY ids), each node
+        starting its share in group-committed batches. With ``on_failure="rollback"``, any error stops every
+        process this call created and raises ``StartManyFailed``."""
+        if on_failure not in ("continue", "rollback"):
+            raise InvalidArgument(f"on_failure must be 'continue' or 'rollback', not {on_failure!r}")
+        how = start_with(True, tags, metadata)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + (timeout or self.hs.CALL_TIMEOUT)
+        label = getattr(cls, "label", "")
+        pending: dict[str, Any] = {}
+        errors: dict[str, ProcessHubError] = {}
+        for i, arg in enumerate(args):
+            try:
+                key = self.key_for(cls, arg)
+            except ProcessHubError as exc:
+                errors[_name_of(cls, arg, i)] = exc
+                continue
+            pending.setdefault(key[1], arg)
+        token = os.urandom(8).hex()  # marks the rows this call creates, for its rollback
+        refs: dict[str, ProcessRef] = {}
+        try:
+            await self._start_many_rounds(label, pending, refs, errors, how, token, deadline)
+        except asyncio.CancelledError:
+            if on_failure == "rollback":
+                await asyncio.shield(self._roll_back(label, token))
+            raise
+        if errors and on_failure == "rollback":
+            await self._roll_back(label, token)
+            raise StartManyFailed(errors)
+        return StartManyResult(refs, errors)
+
+    async def _start_many_rounds(self, label: str, pending: dict[str, Any], refs: dict[str, ProcessRef],
+                                 errors: dict[str, ProcessHubError], how: StartWith, token: str,
+                                 deadline: float) -> None:
+        loop = asyncio.get_running_loop()
+        force = False
+        full: set[str] = set()
+        capacity = self.hs.MAX_PROCESSES_PER_NODE
+        while pending:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                errors.update({pid: CallTimeout(f"starting {label} {pid!r} timed out") for pid in pending})
+                return
+            live = await self.nodes(force)
+            live = [replace(n, load=capacity or 0) if n.id in full else n for n in live]
+            by_node: dict[str, list[str]] = {}
+            nodes: dict[str, NodeInfo] = {}
+            for pid in list(pending):
+                try:
+                    target = self._target(label, pid, live, None, capacity)
+                except ProcessHubError as exc:
+                    if not force:
+                        continue  # the next round looks at the database's live set
+                    errors[pid] = exc
+                    del pending[pid]
+                    continue
+                by_node.setdefault(target.id, []).append(pid)
+                nodes[target.id] = target
+            force = True
+            envs = []
+            for node_id, pids in by_node.items():
+                for i in range(0, len(pids), MAX_MANY):
+                    chunk = pids[i:i + MAX_MANY]
+                    env: dict[str, Any] = {"t": wire.START_MANY, "l": label, "tk": token,
+                                           "items": [[pid, pending[pid]] for pid in chunk]}
+                    if how.tags is not None:
+                        env["tg"] = list(how.tags)
+                    if how.metadata is not None:
+                        env["md"] = how.metadata
+                    envs.append((nodes[node_id], chunk, env))
+            replies = await asyncio.gather(*(self.request(n.channel, env, remaining) for n, _, env in envs),
+                                           return_exceptions=True)
+            retry = False
+            for (target, chunk, _), reply in zip(envs, replies, strict=True):
+                if isinstance(reply, _Undelivered):
+                    self.live.pop(target.id, None)
+                    retry = True  # nobody got it: ask the registry again
+                    continue
+                if isinstance(reply, BaseException) or not reply.get("ok"):
+                    if isinstance(reply, TimeoutError):
+                        error: ProcessHubError = CallTimeout(f"node {target.name} did not answer in time")
+                    elif isinstance(reply, ProcessHubError):
+                        error = reply
+                    elif isinstance(reply, BaseException):
+                        raise reply
+                    else:
+                        error = error_from(reply)
+                    for pid in chunk:
+                        errors[pid] = error
+                        pending.pop(pid, None)
+                    continue
+                results = reply.get("results") or {}
+                for pid in chunk:
+                    result = results.get(pid)
+                    if isinstance(result, dict) and result.get("ok"):
+                        ref = ProcessRef.from_wire(result["ref"], bool(result.get("created")))
+                        refs[pid] = ref
+                        self.cache[(label, pid)] = ProcessRef.from_wire(result["ref"])
+                        del pending[pid]
+                    elif isinstance(result, dict) and result.get("err") in (wire.E_FENCED, wire.E_NOT_HERE):
+                        retry = True  # that node lost its lease or is draining: placed again next round
+                    elif isinstance(result, dict) and result.get("err") == wire.E_AT_CAPACITY:
+                        full.add(target.id)
+                        retry = True
+                    else:
+                        errors[pid] = error_from(result if isinstance(result, dict) else {"err": "invalid"})
+                        del pending[pid]
+            if retry and pending:
+                await asyncio.sleep(min(self.hs.WAIT_SLEEP, max(0.0, deadline - loop.time())))
+
+    async def _roll_back(self, label: str, token: str) -> None:
+        """Stop every process a start_many created (rows carrying its token), wherever they run, even on a node
+        that died mid-call (its rows are stopped once its lease has ended)."""
+        deadline = asyncio.get_running_loop().time() + self.hs.NODE_TTL + self.hs.RECONCILE_INTERVAL + \
+            self.hs.CALL_TIMEOUT
+        while True:
+            pids = await self.db(store.ids_with_token, label, token)
+            if not pids:
+                return
+            await self.stop_many_keys([(label, pid) for pid in pids], max(0.1, deadline -
+                                                                          asyncio.get_running_loop().time()))
+            if asyncio.get_running_loop().time() > deadline:
+                logger.error("processhub: start_many rollback left %d processes of %s running", len(pids), label)
+                return
+
+    async def stop_many(self, cls: ProcessClass, args: Iterable[Any], timeout: float | None = None) -> list[str]:
+        """Stop many processes of one class; returns the ids of those that were running and are stopped now."""
+        keys = [self.key_for(cls, arg) for arg in args]
+        return [k[1] for k in await self.stop_many_keys(keys, timeout)]
+
+    async def stop_many_keys(self, keys: list[tuple[str, str]], timeout: float | None = None) -> list[tuple[str, str]]:
+        """``stop_many`` by (label, process id): one message per owner node, orphans stopped in the database."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + (timeout or self.hs.CALL_TIMEOUT)
+        stopped: list[tuple[str, str]] = []
+        todo = list(dict.fromkeys(keys))
+        while todo and loop.time() < deadline:
+            rows: dict[tuple[str, str], Lookup] = {}
+            for i in range(0, len(todo), LOOKUP_BATCH):
+                rows.update(await self.db(store.lookup_many, todo[i:i + LOOKUP_BATCH]))
+            by_owner: dict[str, list[Lookup]] = {}
+            again: list[tuple[str, str]] = []
+            for key in todo:
+                row = rows.get(key)
+                if row is None or row.status != RUNNING:
+                    self.cache.pop(key, None)
+                    continue
+                if not row.owner_alive:
+                    if await self.db(store.stop_orphan, key[0], key[1], row.epoch):
+                        stopped.append(key)
+                    else:
+                        again.append(key)  # claimed meanwhile: look again
+                    continue
+                self._check_wire(row)
+                by_owner.setdefault(row.channel or "", []).append(row)
+            sends = []
+            for channel, owned in by_owner.items():
+                for label in {r.label for r in owned}:
+                    pids = [r.process_id for r in owned if r.label == label]
+                    for i in range(0, len(pids), MAX_MANY):
+                        env = {"t": wire.STOP_MANY, "l": label, "pids": pids[i:i + MAX_MANY]}
+                        sends.append((label, pids[i:i + MAX_MANY], self.request(channel, env,
+                                                                                 max(0.01, deadline - loop.time()))))
+            replies = await asyncio.gather(*(s[2] for s in sends), return_exceptions=True)
+            for (label, pids, _), reply in zip(sends, replies, strict=True):
+                done = set(reply.get("stopped") or ()) if isinstance(reply, dict) and reply.get("ok") else set()
+                for pid in pids:
+                    self.cache.pop((label, pid), None)
+                    (stopped if pid in done else again).append((label, pid))
+            todo = again
+            if todo:
+                await asyncio.sleep(min(self.hs.WAIT_SLEEP, max(0.0, deadline - loop.time())))
+        return stopped
 
     async def stop(self, cls: ProcessClass, arg: Any, timeout: float | None = None) -> bool:
         """Stop the process and mark it stopped; False when it was not running."""
@@ -758,6 +1012,19 @@ class Client:
                 await asyncio.sleep(min(self.hs.WAIT_SLEEP, max(0.0, deadline - loop.time())))
                 continue
             raise error_from(reply)
+
+    async def restart(self, cls: ProcessClass, arg: Any, timeout: float | None = None) -> ProcessRef:
+        """Stop the process if it runs, then start it with ``arg``: a fresh activation, a larger epoch."""
+        key = self.key_for(cls, arg)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + (timeout or self.hs.CALL_TIMEOUT)
+        await self.stop_key(key, timeout)
+        return await self._start(key, arg, deadline)
+
+    async def move_process(self, cls: ProcessClass, arg: Any, to_node: str, timeout: float | None = None) -> bool:
+        """``move`` by start argument (``Room.move(arg, node)``)."""
+        label, process_id = self.key_for(cls, arg)
+        return await self.move(label, process_id, to_node, timeout)
 
     async def move(self, label: str, process_id: str, to_node: str | None, timeout: float | None = None) -> bool:
         """Ask the owner to hand the process to ``to_node`` (a live node name or id); fenced by epoch."""

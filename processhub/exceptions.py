@@ -50,6 +50,18 @@ class InvalidMessage(InvalidArgument):
     """A message that is not serializable, too large, or malformed on the wire."""
 
 
+class StartManyFailed(ProcessHubError):
+    """A ``start_many(..., on_failure="rollback")`` met errors; every process it created was stopped again.
+
+    ``errors`` maps each failed id to its ``ProcessHubError``.
+    """
+
+    def __init__(self, errors: dict) -> None:
+        first = next(iter(errors.items()), ("", ""))
+        super().__init__(f"{len(errors)} of the starts failed (e.g. {first[0]}: {first[1]!r}); rolled back", errors)
+        self.errors = errors
+
+
 class ProcessNotRunning(ProcessHubError):
     """The process stopped or failed and will not run unless started again."""
 

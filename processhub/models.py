@@ -22,6 +22,8 @@ class ProcessStatus(models.TextChoices):
     STOPPED = "stopped", "stopped"
     # Crashed more than max_restarts in max_seconds, or init failed: not restarted.
     FAILED = "failed", "failed"
+    # Passivated after idle_timeout: desired, not running; the next message activates it again.
+    IDLE = "idle", "idle"
 
 
 class RestartPolicy(models.TextChoices):
@@ -79,6 +81,15 @@ class Process(models.Model):
     started_at = models.DateTimeField(null=True, blank=True)
     updated_at = models.DateTimeField(null=True, blank=True)
     metadata = models.JSONField(default=dict, blank=True)
+    # Short strings to find processes by (hub.process_list(tag=...)); GIN-indexed on PostgreSQL.
+    tags = models.JSONField(default=list, blank=True)
+    # The process groups it joined (HordeProcess.join): membership lives with the row, so it follows the
+    # process through restarts, moves and failover.
+    groups = models.JSONField(default=list, blank=True)
+    # Started on a named node (node=...): rebalancing leaves it where it is.
+    guided = models.BooleanField(default=False)
+    # The start_many call that created (or restarted) it, for that call's rollback.
+    start_token = models.CharField(max_length=32, null=True, blank=True, db_index=True)
 
     class Meta:
         verbose_name_plural = "processes"
@@ -86,7 +97,7 @@ class Process(models.Model):
         # This constraint is the arbiter of a start race.
         constraints = [models.UniqueConstraint(fields=["label", "process_id"], name="processhub_unique_id")]
         indexes = [models.Index(fields=["status", "node"], name="processhub_status_node")]
-        # One per admin action, so a support role can look without being able to act (issue 9).
+        # One per admin action, so a support role can look without being able to act.
         permissions = [
             ("stop_process", "Can stop processes"),
             ("restart_process", "Can restart processes"),

@@ -3,12 +3,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, ClassVar
 
 from django.core.exceptions import ImproperlyConfigured
 
-from . import classes, push, store
+from . import classes, push, store, wire
+from .client import StartManyResult, start_with
 from .exceptions import InvalidArgument
 from .runtime import get_runtime
 from .values import ProcessRef
@@ -39,12 +40,16 @@ class HordeProcess:
     label: ClassVar[str] = ""
 
     # Class options; None means "the PROCESSHUB setting of the same name".
-    restart: ClassVar[str] = "permanent"
+    # The restart policy, a string; on a class it is also callable: ``Room.restart(arg)`` (see RestartPolicy).
+    restart: ClassVar[Any] = "permanent"
     shutdown_timeout: ClassVar[float | None] = None
     wait_sleep: ClassVar[float | None] = None
     wait_max: ClassVar[int | None] = None
     max_restarts: ClassVar[int | None] = None
     max_seconds: ClassVar[float | None] = None
+    # Declared singletons: start arguments of processes the hub keeps running from the first node's boot on
+    # (reconcile starts any that is missing, stopped or failed, for as long as it is declared here).
+    autostart: ClassVar[Sequence[Any]] = ()
 
     # Set on every instance before init(): its id, the node (name and incarnation id) and the epoch it runs under.
     process_id: str
@@ -61,6 +66,7 @@ class HordeProcess:
         cls.abstract = False
         if cls.restart not in _POLICIES:
             raise ImproperlyConfigured(f"{cls.__qualname__}.restart must be one of {_POLICIES}, not {cls.restart!r}")
+        cls.restart = RestartPolicy(cls.restart, cls)
         from django.apps import apps
 
         if apps.apps_ready:
@@ -114,6 +120,55 @@ class HordeProcess:
         """Receive the state returned by begin_handoff() of the previous activation (after init)."""
 
     # ------------------------------------------------------------------ inside a process
+
+    @property
+    def tags(self) -> tuple[str, ...]:
+        """This process's tags (stored with its row; ``hub.process_list(tag=...)`` finds it by them)."""
+        return self._activation.tags
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        """This process's metadata (a JSON object stored with its row)."""
+        return self._activation.metadata
+
+    @property
+    def groups(self) -> tuple[str, ...]:
+        """The process groups this process joined (``join``); membership is stored with its row."""
+        return self._activation.groups
+
+    def set_tags(self, tags: Iterable[str]) -> Any:
+        """Replace this process's tags, stored with its row (fenced on its epoch) and visible to queries at once.
+
+        In an async callback ``await`` it; in a plain ``def`` callback it returns when stored.
+        Raises ``InvalidArgument`` for bad tags, ``Fenced`` when this instance no longer owns its row.
+        """
+        return self._annotate(tags=wire.check_tags(list(tags)))
+
+    def set_metadata(self, metadata: dict[str, Any]) -> Any:
+        """Replace this process's metadata (a JSON object), like ``set_tags``."""
+        return self._annotate(metadata=wire.check_metadata(metadata))
+
+    def join(self, group: str) -> Any:
+        """Join a process group (Swarm's ``join``): ``hub.members``/``publish``/``multi_call`` reach it there.
+
+        Membership is stored with the row, so it follows the process through restarts, moves and failover.
+        Like ``set_tags``: await it in async callbacks.
+        """
+        group = _check_group(group)
+        return self._annotate(groups=self.groups if group in self.groups else (*self.groups, group))
+
+    def leave(self, group: str) -> Any:
+        """Leave a process group (see ``join``)."""
+        group = _check_group(group)
+        return self._annotate(groups=tuple(g for g in self.groups if g != group))
+
+    def _annotate(self, **changes: Any) -> Any:
+        act, epoch = self._activation, self.epoch
+        loop = act.host.rt.loop
+        if _on_loop(loop):
+            return asyncio.ensure_future(act.annotate(epoch, **changes))
+        return asyncio.run_coroutine_threadsafe(act.annotate(epoch, **changes), loop).result(
+            act.host.hs.CALL_TIMEOUT)
 
     def send_after(self, seconds: float, message: Any) -> asyncio.TimerHandle | None:
         """Deliver ``message`` to handle_info() of this instance after ``seconds`` (dropped if it is gone by then).
@@ -177,15 +232,50 @@ class HordeProcess:
     # ------------------------------------------------------------------ client API
 
     @classmethod
-    def start(cls, arg: Any, timeout: float | None = None, node: str | None = None) -> ProcessRef:
-        """Start (or find) the process for ``arg``; ``ref.created`` tells whether this call started it."""
+    def start(cls, arg: Any, timeout: float | None = None, node: str | None = None, tags: Iterable[str] = (),
+              metadata: dict[str, Any] | None = None) -> ProcessRef:
+        """Start (or find) the process for ``arg``; ``ref.created`` tells whether this call started it.
+
+        ``node`` names a node (guided placement); ``tags`` and ``metadata`` are stored with the row when this
+        call creates it (or restarts a stopped one).
+        """
         rt = _rt()
-        return rt.run_sync(rt.client.start(cls, arg, timeout, node))
+        return rt.run_sync(rt.client.start(cls, arg, timeout, node, tags, metadata))
 
     @classmethod
-    async def astart(cls, arg: Any, timeout: float | None = None, node: str | None = None) -> ProcessRef:
+    async def astart(cls, arg: Any, timeout: float | None = None, node: str | None = None, tags: Iterable[str] = (),
+                     metadata: dict[str, Any] | None = None) -> ProcessRef:
         rt = _rt()
-        return await rt.run_async(rt.client.start(cls, arg, timeout, node))
+        return await rt.run_async(rt.client.start(cls, arg, timeout, node, tags, metadata))
+
+    @classmethod
+    def start_many(cls, args: Iterable[Any], *, on_failure: str = "continue", timeout: float | None = None,
+                   tags: Iterable[str] = (), metadata: dict[str, Any] | None = None) -> StartManyResult:
+        """Start many processes at once (one message per target node; batched inserts there).
+
+        Returns ``.refs`` (id -> ProcessRef) and ``.errors`` (id -> ProcessHubError). With
+        ``on_failure="rollback"``, any error stops every process this call created and raises
+        ``StartManyFailed`` (carrying the errors).
+        """
+        rt = _rt()
+        return rt.run_sync(rt.client.start_many(cls, list(args), on_failure, timeout, tags, metadata))
+
+    @classmethod
+    async def astart_many(cls, args: Iterable[Any], *, on_failure: str = "continue", timeout: float | None = None,
+                          tags: Iterable[str] = (), metadata: dict[str, Any] | None = None) -> StartManyResult:
+        rt = _rt()
+        return await rt.run_async(rt.client.start_many(cls, list(args), on_failure, timeout, tags, metadata))
+
+    @classmethod
+    def stop_many(cls, args: Iterable[Any], timeout: float | None = None) -> list[str]:
+        """Stop many processes; returns the ids of those that ran and are stopped now."""
+        rt = _rt()
+        return rt.run_sync(rt.client.stop_many(cls, list(args), timeout))
+
+    @classmethod
+    async def astop_many(cls, args: Iterable[Any], timeout: float | None = None) -> list[str]:
+        rt = _rt()
+        return await rt.run_async(rt.client.stop_many(cls, list(args), timeout))
 
     @classmethod
     def fetch(cls, arg: Any) -> ProcessRef | None:
@@ -201,22 +291,27 @@ class HordeProcess:
         return await rt.run_async(rt.client.fetch(cls, arg))
 
     @classmethod
-    def call(cls, arg: Any, message: Any, timeout: float | None = None) -> Any:
-        """Get-or-start the process, wait for its init, send ``message``; return the reply."""
-        return _rt().client.call_blocking(cls, arg, message, timeout)
+    def call(cls, arg: Any, message: Any, timeout: float | None = None, *, start: bool = True,
+             tags: Iterable[str] = (), metadata: dict[str, Any] | None = None) -> Any:
+        """Send ``message`` and return the reply; starts the process first (and waits for its init) unless
+        ``start=False``, which raises ``ProcessNotRunning`` for a process that does not run."""
+        return _rt().client.call_blocking(cls, arg, message, timeout, start_with(start, tags, metadata))
 
     @classmethod
-    async def acall(cls, arg: Any, message: Any, timeout: float | None = None) -> Any:
-        return await _rt().client.acall(cls, arg, message, timeout)
+    async def acall(cls, arg: Any, message: Any, timeout: float | None = None, *, start: bool = True,
+                    tags: Iterable[str] = (), metadata: dict[str, Any] | None = None) -> Any:
+        return await _rt().client.acall(cls, arg, message, timeout, start_with(start, tags, metadata))
 
     @classmethod
-    def cast(cls, arg: Any, message: Any) -> None:
-        """Get-or-start the process and send ``message`` without waiting (at most once)."""
-        _rt().client.cast_blocking(cls, arg, message)
+    def cast(cls, arg: Any, message: Any, *, start: bool = True, tags: Iterable[str] = (),
+             metadata: dict[str, Any] | None = None) -> None:
+        """Send ``message`` without waiting (at most once); starts the process first unless ``start=False``."""
+        _rt().client.cast_blocking(cls, arg, message, start_with(start, tags, metadata))
 
     @classmethod
-    async def acast(cls, arg: Any, message: Any) -> None:
-        await _rt().client.acast(cls, arg, message)
+    async def acast(cls, arg: Any, message: Any, *, start: bool = True, tags: Iterable[str] = (),
+                    metadata: dict[str, Any] | None = None) -> None:
+        await _rt().client.acast(cls, arg, message, start_with(start, tags, metadata))
 
     @classmethod
     def stop(cls, arg: Any, timeout: float | None = None) -> bool:
@@ -228,6 +323,58 @@ class HordeProcess:
     async def astop(cls, arg: Any, timeout: float | None = None) -> bool:
         rt = _rt()
         return await rt.run_async(rt.client.stop(cls, arg, timeout))
+
+    @classmethod
+    def _restart_now(cls, arg: Any, timeout: float | None = None) -> ProcessRef:
+        rt = _rt()
+        return rt.run_sync(rt.client.restart(cls, arg, timeout))
+
+    @classmethod
+    async def arestart(cls, arg: Any, timeout: float | None = None) -> ProcessRef:
+        rt = _rt()
+        return await rt.run_async(rt.client.restart(cls, arg, timeout))
+
+    @classmethod
+    def move(cls, arg: Any, node: str, timeout: float | None = None) -> bool:
+        """Hand the running process to the live node ``node`` (name or id), with ``begin_handoff`` state;
+        False when it was not running or moved on meanwhile."""
+        rt = _rt()
+        return rt.run_sync(rt.client.move_process(cls, arg, node, timeout))
+
+    @classmethod
+    async def amove(cls, arg: Any, node: str, timeout: float | None = None) -> bool:
+        rt = _rt()
+        return await rt.run_async(rt.client.move_process(cls, arg, node, timeout))
+
+    @classmethod
+    def list(cls, tag: str | None = None, node: str | None = None) -> Any:
+        """This class's running processes (``hub.process_list(label=cls.label, tag=tag, node=node)``)."""
+        from .hub import process_list
+
+        return process_list(label=cls.label, tag=tag, node=node)
+
+
+class RestartPolicy(str):
+    """A class's restart policy ("permanent", "transient", "temporary"), which is also the operation
+    ``Room.restart(arg, timeout=None)``: stop the process if it runs, then start it again with ``arg`` (a fresh
+    ``init()``, a larger epoch). Subclasses set the policy as a plain string (``restart = "transient"``);
+    the class turns it into this callable string, equal to that string everywhere.
+    """
+
+    def __new__(cls, policy: str, owner: type) -> RestartPolicy:
+        made = super().__new__(cls, policy)
+        made._owner = owner  # type: ignore[attr-defined]
+        return made
+
+    def __call__(self, arg: Any, timeout: float | None = None) -> ProcessRef:
+        return self._owner._restart_now(arg, timeout)  # type: ignore[attr-defined]
+
+    def __reduce__(self) -> Any:
+        return (str, (str(self),))  # pickles (Celery, caches) as the plain policy string
+
+
+def _check_group(group: Any) -> str:
+    return wire.check_tags([group])[0]
 
 
 def _on_loop(loop: asyncio.AbstractEventLoop) -> bool:
@@ -247,4 +394,6 @@ def register_pending() -> None:
         _register(_pending.pop())
 
 
-__all__ = ["HordeProcess", "ProcessRef"]
+HordeProcess.restart = RestartPolicy("permanent", HordeProcess)
+
+__all__ = ["HordeProcess", "ProcessRef", "RestartPolicy"]

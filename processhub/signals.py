@@ -79,6 +79,18 @@ process_restarted = Signal()
 #: runs under there.
 process_moved = Signal()
 
+#: A process started somewhere in the hub (its activation finished ``init()``). Unlike the signals above,
+#: sent in *every* OS process that has a hub runtime (web servers, Celery workers, nodes), from the events
+#: channel: best effort, at most once, possibly late or missing (a message can be lost; a node killed
+#: mid-way sends nothing). ``sender`` is the class when it is registered here, else None; keyword
+#: arguments ``label``, ``process_id``, ``node``, ``node_id``, ``epoch``. For a local index of processes;
+#: the registry (``processhub.hub.process_list``) stays the truth.
+process_registered = Signal()
+
+#: A process stopped running on a node (stopped, moved away, failed, gave up; ``reason`` says which), in
+#: every OS process with a hub runtime, best effort, like ``process_registered``.
+process_unregistered = Signal()
+
 #: This node registered a new incarnation (``node_id``) and takes work.
 node_up = Signal()
 
@@ -104,6 +116,26 @@ _PROCESS_SIGNALS = {
 }
 _NODE_SIGNALS = {"node_up": node_up, "node_down": node_down, "node_draining": node_draining,
                  "node_undrained": node_undrained}
+
+
+def hub_event(env: dict) -> None:
+    """Turn a registered/unregistered event from the events channel into its signal (on the runtime's loop)."""
+    signal = process_registered if env.get("e") == "registered" else process_unregistered
+    if not signal.receivers:
+        return
+    from . import classes
+    from .exceptions import UnknownProcessClass
+
+    try:
+        sender: Any = classes.get(env.get("l"))
+    except UnknownProcessClass:
+        sender = None
+    extra = {"reason": str(env.get("reason", ""))} if signal is process_unregistered else {}
+    results = signal.send_robust(sender=sender, label=env.get("l"), process_id=env.get("p"), node=env.get("n"),
+                                 node_id=env.get("ni"), epoch=env.get("epoch"), **extra)
+    for receiver, result in results:
+        if isinstance(result, Exception):
+            logger.error("processhub: %s receiver %r raised %r", env.get("e"), receiver, result, exc_info=result)
 
 
 def dispatch(event: str, node: Any, slot: Any, **extra: Any) -> None:

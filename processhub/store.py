@@ -15,13 +15,13 @@ from datetime import timedelta
 from typing import Any
 
 from django.db import DatabaseError, connection, transaction
-from django.db.models import Count, Exists, F, Q, Sum
-from django.db.models.functions import Now
+from django.db.models import BooleanField, Count, Exists, ExpressionWrapper, F, OuterRef, Q, Subquery, Sum
+from django.db.models.functions import Coalesce, Least, Now
 
 from .exceptions import Fenced
 from .models import Node, NodeStatus, Process, ProcessStatus
 from .transport.envelope import WIRE_VERSION
-from .values import Lookup, NodeInfo, Row
+from .values import Lookup, NodeInfo, Row, StartSpec
 
 PT = Process._meta.db_table
 NT = Node._meta.db_table
@@ -52,10 +52,19 @@ def _load(value: Any) -> Any:
 
 
 def _row(r: tuple) -> Row:
-    return Row(r[0], r[1], r[2], _load(r[3]), r[4], r[5], _load(r[6]))
+    """A Row from ROW_COLUMNS values of a raw SQL statement (JSON columns arrive as text)."""
+    return Row(r[0], r[1], r[2], _load(r[3]), r[4], r[5], _load(r[6]), tuple(_load(r[7]) or ()), _load(r[8]) or {},
+               tuple(_load(r[9]) or ()), bool(r[10]))
 
 
-ROW_COLUMNS = ("id", "label", "process_id", "arg", "epoch", "restart", "handoff")
+def _orm_row(r: tuple) -> Row:
+    """A Row from ROW_COLUMNS values of an ORM query (JSON columns arrive decoded)."""
+    return Row(r[0], r[1], r[2], r[3], r[4], r[5], r[6], tuple(r[7] or ()), r[8] or {}, tuple(r[9] or ()), bool(r[10]))
+
+
+ROW_COLUMNS = ("id", "label", "process_id", "arg", "epoch", "restart", "handoff", "tags", "metadata", "groups",
+               "guided")
+_RETURNING = ", ".join(f"p.{c}" for c in ROW_COLUMNS)
 
 
 # ---------------------------------------------------------------- nodes
@@ -93,7 +102,9 @@ def heartbeat(node_id: str, ttl: float, load: int = 0) -> bool:
 def set_node_status(node_id: str, status: str) -> None:
     updates: dict[str, Any] = {"status": status}
     if status == NodeStatus.DOWN:
-        updates.update(stopped_at=Now(), lease_expires_at=Now())
+        # Never later than it was: a node that marks itself down after waking from a pause must not make
+        # its lease look longer than the one the others took over after.
+        updates.update(stopped_at=Now(), lease_expires_at=Least(F("lease_expires_at"), Now()))
         Node.objects.filter(id=node_id).update(**updates)
     else:
         # Only a live incarnation changes between up, draining and leaving.
@@ -178,7 +189,7 @@ def orphans_page(owner: str | None, after_id: int, limit: int) -> list[Row]:
         qs = qs.filter(node__isnull=True)
     else:
         qs = qs.filter(node_id=owner).filter(node__in=_dead_nodes())
-    return [Row(*r) for r in qs.order_by("id").values_list(*ROW_COLUMNS)[:limit]]
+    return [_orm_row(r) for r in qs.order_by("id").values_list(*ROW_COLUMNS)[:limit]]
 
 
 def end_fenced_sessions(owner: str) -> int:
@@ -212,11 +223,12 @@ def mark_expired_nodes_down() -> int:
 
 
 _LOOKUP_COLUMNS = ("p.label, p.process_id, p.status, p.epoch, p.node_id, n.name, n.channel, "
-                   "(n.lease_expires_at > {now} AND n.status <> 'down'), p.id, n.wire")
+                   "(n.lease_expires_at > {now} AND n.status <> 'down'), p.id, n.wire, p.tags, p.metadata")
 
 
 def _lookup(r: tuple) -> Lookup:
-    return Lookup(r[0], r[1], r[2], r[3], r[4], r[5], r[6], bool(r[4] and r[7]), r[8], r[9])
+    return Lookup(r[0], r[1], r[2], r[3], r[4], r[5], r[6], bool(r[4] and r[7]), r[8], r[9],
+                  tuple(_load(r[10]) or ()), _load(r[11]) or {})
 
 
 def lookup(label: str, process_id: str) -> Lookup | None:
@@ -245,7 +257,7 @@ def lookup_many(keys: list[tuple[str, str]]) -> dict[tuple[str, str], Lookup]:
 def rows_for(node_id: str) -> list[Row]:
     """Every running row that names ``node_id``."""
     qs = Process.objects.filter(status=ProcessStatus.RUNNING, node_id=node_id)
-    return [Row(*r) for r in qs.values_list(*ROW_COLUMNS)]
+    return [_orm_row(r) for r in qs.values_list(*ROW_COLUMNS)]
 
 
 def own_digest(node_id: str) -> tuple[int, int]:
@@ -257,12 +269,95 @@ def own_digest(node_id: str) -> tuple[int, int]:
 def rows_owned(node_id: str, ids: list[int]) -> list[Row]:
     """Running rows among ``ids`` that name ``node_id`` (the check behind an activate hint)."""
     qs = Process.objects.filter(id__in=ids, node_id=node_id, status=ProcessStatus.RUNNING)
-    return [Row(*r) for r in qs.values_list(*ROW_COLUMNS)]
+    return [_orm_row(r) for r in qs.values_list(*ROW_COLUMNS)]
 
 
 def rows_by_id(ids: list[int]) -> list[Row]:
     qs = Process.objects.filter(id__in=ids, status=ProcessStatus.RUNNING)
-    return [Row(*r) for r in qs.values_list(*ROW_COLUMNS)]
+    return [_orm_row(r) for r in qs.values_list(*ROW_COLUMNS)]
+
+
+# ---------------------------------------------------------------- queries (processhub.hub)
+
+
+@dataclass(frozen=True, slots=True)
+class ListedRow:
+    """One row of a registry query, as hub.process_list returns it (node fields empty when it runs nowhere)."""
+
+    label: str
+    process_id: str
+    status: str
+    epoch: int
+    node_id: str | None
+    node_name: str | None
+    channel: str | None
+    tags: tuple[str, ...]
+    metadata: dict[str, Any]
+
+
+def process_page(label: str | None, tag: str | None, group: str | None, node: str | None, status: str | None,
+                 after: tuple[str, str] | None, limit: int) -> list[ListedRow]:
+    """One page of processes, in (label, process id) order after ``after`` (keyset: each page is one indexed
+    read however many rows there are). ``status`` "running" counts only rows whose owner holds a live lease."""
+    now = _now_sql()
+    where, params = [], []
+    if label is not None:
+        where.append("p.label = %s")
+        params.append(label)
+    for column, value in (("tags", tag), ("groups", group)):
+        if value is None:
+            continue
+        if _is_pg():
+            where.append(f"p.{column} @> %s::jsonb")  # the GIN index (jsonb_path_ops) answers this
+            params.append(_json([value]))
+        else:
+            where.append(f"EXISTS (SELECT 1 FROM json_each(p.{column}) WHERE json_each.value = %s)")
+            params.append(value)
+    if node is not None:
+        where.append("(n.name = %s OR p.node_id = %s)")
+        params += [node, node]
+    if status == ProcessStatus.RUNNING:
+        where.append(f"p.status = 'running' AND n.lease_expires_at > {now} AND n.status <> 'down'")
+    elif status is not None:
+        where.append("p.status = %s")
+        params.append(status)
+    if after is not None:
+        where.append("(p.label > %s OR (p.label = %s AND p.process_id > %s))")
+        params += [after[0], after[0], after[1]]
+    sql = (f"SELECT p.label, p.process_id, p.status, p.epoch, p.node_id, n.name, n.channel, p.tags, p.metadata "
+           f"FROM {PT} AS p LEFT JOIN {NT} AS n ON n.id = p.node_id "
+           f"{'WHERE ' + ' AND '.join(where) if where else ''} ORDER BY p.label, p.process_id LIMIT %s")
+    with connection.cursor() as cur:
+        cur.execute(sql, [*params, limit])
+        rows = cur.fetchall()
+    return [ListedRow(r[0], r[1], r[2], r[3], r[4], r[5], r[6], tuple(_load(r[7]) or ()), _load(r[8]) or {})
+            for r in rows]
+
+
+@dataclass(frozen=True, slots=True)
+class NodeState:
+    """A node incarnation that is not down, as ``hub.nodes()`` reports it."""
+
+    name: str
+    id: str
+    status: str
+    lease_valid: bool
+    processes: int
+    host: str
+    pid: int | None
+    labels: tuple[str, ...]
+
+
+def node_states() -> list[NodeState]:
+    """Every incarnation not marked down, with its lease (database clock) and its running rows (one statement)."""
+    running = Process.objects.filter(node=OuterRef("pk"), status=ProcessStatus.RUNNING).order_by().values(
+        "node").annotate(n=Count("id")).values("n")
+    rows = (Node.objects.exclude(status=NodeStatus.DOWN)
+            .annotate(valid=ExpressionWrapper(Q(lease_expires_at__gt=Now()), output_field=BooleanField()),
+                      running=Coalesce(Subquery(running), 0))
+            .order_by("name", "-started_at")
+            .values_list("name", "id", "status", "valid", "running", "host", "pid", "labels"))
+    return [NodeState(n, i, st, bool(v), int(c), h, p, tuple(_load(lb) or ())) for n, i, st, v, c, h, p, lb in rows]
 
 
 # ---------------------------------------------------------------- claims
@@ -272,8 +367,8 @@ def _lease_ok(now: str) -> str:
     return f"EXISTS (SELECT 1 FROM {NT} WHERE id = %s AND {_TAKES_SQL} AND lease_expires_at > {now})"
 
 
-def insert_new(node_id: str, items: list[tuple[str, str, Any, str]]) -> dict[tuple[str, str], int]:
-    """Insert rows (label, process_id, arg, restart) owned by ``node_id`` at epoch 1.
+def insert_new(node_id: str, items: list[tuple[str, str, StartSpec]]) -> dict[tuple[str, str], int]:
+    """Insert rows (label, process_id, spec) owned by ``node_id`` at epoch 1.
 
     One statement for the whole batch; rows that already exist are left alone
     (the unique constraint is the arbiter of a start race). Nothing is inserted
@@ -284,55 +379,67 @@ def insert_new(node_id: str, items: list[tuple[str, str, Any, str]]) -> dict[tup
         return {}
     now = _now_sql()
     cols = (
-        f"INSERT INTO {PT} (label, process_id, arg, restart, node_id, epoch, status, restarts, last_error, "
-        f"started_at, updated_at, metadata) "
+        f"INSERT INTO {PT} (label, process_id, arg, restart, tags, metadata, guided, start_token, node_id, epoch, "
+        f"status, restarts, last_error, started_at, updated_at, groups) "
     )
     tail = f"WHERE {_lease_ok(now)} ON CONFLICT (label, process_id) DO NOTHING RETURNING label, process_id, id"
+    columns = ([i[0] for i in items], [i[1] for i in items], [_json(i[2].arg) for i in items],
+               [i[2].restart for i in items], [_json(list(i[2].tags or ())) for i in items],
+               [_json(i[2].metadata or {}) for i in items], [i[2].guided for i in items], [i[2].token for i in items])
     if _is_pg():
-        # Four array parameters whatever the batch size: psycopg caches the parsed statement, where a
-        # VALUES list of 4 x 500 placeholders was re-parsed in Python on every batch.
+        # Array parameters whatever the batch size: psycopg caches the parsed statement, where a VALUES
+        # list of placeholders per row was re-parsed in Python on every batch.
         sql = (
-            f"{cols}SELECT v.l, v.p, v.a::jsonb, v.r, %s, 1, 'running', 0, '', {now}, {now}, '{{}}' "
-            f"FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[]) AS v(l, p, a, r) {tail}"
+            f"{cols}SELECT v.l, v.p, v.a::jsonb, v.r, v.tg::jsonb, v.md::jsonb, v.g, v.tk, %s, 1, 'running', 0, '', "
+            f"{now}, {now}, '[]' FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[], "
+            f"%s::boolean[], %s::text[]) AS v(l, p, a, r, tg, md, g, tk) {tail}"
         )
-        params: list[Any] = [node_id, [i[0] for i in items], [i[1] for i in items],
-                             [_json(i[2]) for i in items], [i[3] for i in items], node_id]
+        params: list[Any] = [node_id, *columns, node_id]
     else:
-        values = ",".join(["(%s, %s, %s, %s)"] * len(items))
+        values = ",".join(["(%s, %s, %s, %s, %s, %s, %s, %s)"] * len(items))
         sql = (
-            f"{cols}SELECT v.column1, v.column2, v.column3, v.column4, %s, 1, 'running', 0, '', {now}, {now}, "
-            f"'{{}}' FROM (VALUES {values}) AS v {tail}"
+            f"{cols}SELECT v.column1, v.column2, v.column3, v.column4, v.column5, v.column6, v.column7, v.column8, "
+            f"%s, 1, 'running', 0, '', {now}, {now}, '[]' FROM (VALUES {values}) AS v {tail}"
         )
         params = [node_id]
-        for label, pid, arg, restart in items:
-            params += [label, pid, _json(arg), restart]
+        for row in zip(*columns, strict=True):
+            params += list(row)
         params.append(node_id)
     with connection.cursor() as cur:
         cur.execute(sql, params)
         return {(r[0], r[1]): r[2] for r in cur.fetchall()}
 
 
-def claim(node_id: str, seen: list[tuple[int, int]], restart_from_stopped: bool = False,
-          arg: Any = None) -> list[Row]:
+def claim(node_id: str, seen: list[tuple[int, int]], restart: StartSpec | None = None,
+          status: str = "running") -> list[Row]:
     """Take rows (id, seen epoch) for ``node_id``: epoch+1 and owner in one statement.
 
     A row is taken only if its epoch is still the one we saw (nobody claimed it
-    since) and our own lease is valid in the database's clock. Callers only pass
-    rows whose owner was dead, absent, or which were stopped: a dead owner stays
-    dead because an expired lease can never be renewed.
+    since), its status is still ``status``, and our own lease is valid in the
+    database's clock. Callers only pass rows whose owner was dead or absent, or
+    that were not running (``restart`` then says how a caller's start restarts
+    them: a new argument, counters reset, tags and metadata when given). A dead
+    owner stays dead because an expired lease can never be renewed.
     """
     if not seen:
         return []
     now = _now_sql()
+    cast = "::jsonb" if _is_pg() else ""
     # The status must still be the one the caller saw: a stop that lands between the
     # read and this claim (it does not bump the epoch) must not be undone.
-    status_ok = "status <> 'running'" if restart_from_stopped else "status = 'running'"
-    extra = ", restarts = 0, last_error = '', handoff = NULL" if restart_from_stopped else ""
+    status_ok = "status = %s" if restart is None else "status <> 'running'"
+    status_params: list[Any] = [status] if restart is None else []
+    extra = ""
     extra_params: list[Any] = []
-    if restart_from_stopped:
-        # A start of a stopped process runs it with the new argument.
-        extra += ", arg = %s" + ("::jsonb" if _is_pg() else "")
-        extra_params.append(_json(arg))
+    if restart is not None:
+        extra = f", restarts = 0, last_error = '', handoff = NULL, arg = %s{cast}, guided = %s, start_token = %s"
+        extra_params = [_json(restart.arg), restart.guided, restart.token]
+        if restart.tags is not None:
+            extra += f", tags = %s{cast}"
+            extra_params.append(_json(list(restart.tags)))
+        if restart.metadata is not None:
+            extra += f", metadata = %s{cast}"
+            extra_params.append(_json(restart.metadata))
     if _is_pg():
         # Array parameters whatever the batch size (a statement psycopg parses once; see insert_new). The rows
         # are locked by primary key first (an index lookup each, whatever the table's statistics say), and a
@@ -344,10 +451,10 @@ def claim(node_id: str, seen: list[tuple[int, int]], restart_from_stopped: bool 
             f"WHERE p.{status_ok} FOR UPDATE OF p SKIP LOCKED) "
             f"UPDATE {PT} AS p SET node_id = %s, epoch = p.epoch + 1, status = 'running', "
             f"started_at = {now}, updated_at = {now}{extra} FROM locked "
-            f"WHERE p.id = locked.id AND {_lease_ok(now)} "
-            f"RETURNING p.id, p.label, p.process_id, p.arg, p.epoch, p.restart, p.handoff"
+            f"WHERE p.id = locked.id AND {_lease_ok(now)} RETURNING {_RETURNING}"
         )
-        params: list[Any] = [[rid for rid, _ in seen], [ep for _, ep in seen], node_id, *extra_params, node_id]
+        params: list[Any] = [[rid for rid, _ in seen], [ep for _, ep in seen], *status_params, node_id,
+                             *extra_params, node_id]
         with connection.cursor() as cur:
             cur.execute(sql, params)
             return [_row(r) for r in cur.fetchall()]
@@ -360,7 +467,7 @@ def claim(node_id: str, seen: list[tuple[int, int]], restart_from_stopped: bool 
                 f"AND {_lease_ok(now)} RETURNING {', '.join(ROW_COLUMNS)}"
             )
             with connection.cursor() as cur:
-                cur.execute(sql, [node_id, *extra_params, rid, ep, node_id])
+                cur.execute(sql, [node_id, *extra_params, rid, ep, *status_params, node_id])
                 r = cur.fetchone()
             if r:
                 out.append(_row(r))
@@ -405,8 +512,28 @@ def move(row_id: int, from_node: str, epoch: int, to_node: str | None, handoff: 
     return epoch + 1 if n == 1 else None
 
 
+def annotate(row_id: int, node_id: str, epoch: int, tags: tuple[str, ...] | None, metadata: dict | None,
+             groups: tuple[str, ...] | None) -> bool:
+    """Store tags, metadata or groups (those not None) of a running row, fenced on (node, epoch)."""
+    updates: dict[str, Any] = {"updated_at": Now()}
+    if tags is not None:
+        updates["tags"] = list(tags)
+    if metadata is not None:
+        updates["metadata"] = metadata
+    if groups is not None:
+        updates["groups"] = list(groups)
+    return Process.objects.filter(id=row_id, node_id=node_id, epoch=epoch, status=ProcessStatus.RUNNING).update(
+        **updates) == 1
+
+
 def clear_handoff(row_id: int, epoch: int) -> None:
     Process.objects.filter(id=row_id, epoch=epoch).exclude(handoff=None).update(handoff=None)
+
+
+def ids_with_token(label: str, token: str) -> list[str]:
+    """Process ids of the running rows one start_many call created (its rollback)."""
+    return list(Process.objects.filter(label=label, start_token=token, status=ProcessStatus.RUNNING)
+                .values_list("process_id", flat=True))
 
 
 def stop_orphan(label: str, process_id: str, epoch: int) -> bool:

@@ -10,8 +10,19 @@ from typing import Any
 
 from .exceptions import InvalidArgument, InvalidMessage
 
+
+def events_channel(prefix: str) -> str:
+    """The hub's one channel of registry hints (node up/down, process registered/unregistered).
+
+    Named like the framed channels: every reader is a processhub transport, so bursts travel as frames.
+    """
+    return f"{prefix}.events.framed"
+
+
 # Envelope kinds, client -> node.
 START, CALL, CAST, STOP, MOVE, ACTIVATE = "start", "call", "cast", "stop", "move", "activate"
+# Many processes of one class at once ("l", "items": [[process id, argument], ...]).
+START_MANY, STOP_MANY = "start_many", "stop_many"
 # Admin -> node: take no new processes, hand every process away, keep running; and back (no "l"/"p").
 DRAIN, UNDRAIN = "drain", "undrain"
 # The kinds addressed to one process: they carry its class label "l" and id "p".
@@ -145,6 +156,37 @@ def check_process_id(pid: Any, max_length: int) -> str:
         raise InvalidArgument(f"process id is {len(pid)} characters, more than MAX_ID_LENGTH={max_length}")
     check_storable(pid, "process id")
     return pid
+
+
+# Tags: short strings to find processes by; metadata: a small JSON object.
+MAX_TAGS = 32
+MAX_TAG_LENGTH = 100
+MAX_METADATA_BYTES = 65536
+
+
+def check_tags(tags: Any, exc: type[InvalidArgument] = InvalidArgument) -> tuple[str, ...]:
+    """A tuple of distinct tags (order kept), or ``exc`` naming what is wrong."""
+    if isinstance(tags, str) or not isinstance(tags, (list, tuple, set, frozenset)):
+        raise exc(f"tags must be a sequence of strings, not {type(tags).__name__}")
+    out: list[str] = []
+    for tag in tags:
+        if not isinstance(tag, str) or not tag or len(tag) > MAX_TAG_LENGTH:
+            raise exc(f"a tag must be a non-empty string of at most {MAX_TAG_LENGTH} characters, not {tag!r:.60}")
+        check_storable(tag, "tag", exc)
+        if tag not in out:
+            out.append(tag)
+    if len(out) > MAX_TAGS:
+        raise exc(f"{len(out)} tags, more than the {MAX_TAGS} allowed")
+    return tuple(out)
+
+
+def check_metadata(metadata: Any, exc: type[InvalidArgument] = InvalidArgument) -> dict:
+    """A JSON object of at most MAX_METADATA_BYTES, or ``exc``."""
+    if not isinstance(metadata, dict) or not all(isinstance(k, str) for k in metadata):
+        raise exc(f"metadata must be a JSON object (a dict with string keys), not {type(metadata).__name__}")
+    check_data(metadata, "metadata", MAX_METADATA_BYTES, exc)
+    check_storable(metadata, "metadata", exc)
+    return metadata
 
 
 def field(env: dict, name: str, kind: type | tuple[type, ...]) -> Any:

@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from .. import store, wire
 from ..conf import HubSettings
 from ..dbthreads import with_connection
-from ..exceptions import InvalidMessage
+from ..exceptions import Fenced, InvalidMessage
 from ..values import FAILED, STOPPED, NodeInfo, ProcessRef, Row
 from . import decisions
 
@@ -168,6 +168,10 @@ class Activation:
         self.epoch = row.epoch
         self.restart = row.restart
         self.handoff = row.handoff
+        self.tags = row.tags
+        self.metadata: dict[str, Any] = row.metadata or {}
+        self.groups = row.groups
+        self.guided = row.guided
         self.origin = origin
         self.since = since  # the node's sequence value when it began (reconcile judges only older ones)
         self.mailbox = Mailbox()
@@ -186,7 +190,8 @@ class Activation:
     # ------------------------------------------------------------ seen from the node
 
     def ref(self, created: bool = False) -> ProcessRef:
-        return ProcessRef(self.label, self.process_id, self.host.name, self.node_id, self.epoch, created, self.channel)
+        return ProcessRef(self.label, self.process_id, self.host.name, self.node_id, self.epoch, created, self.channel,
+                          self.tags, self.metadata)
 
     def start(self) -> None:
         coro = _Guarded(self._run(), self._may_run)
@@ -576,6 +581,21 @@ class Activation:
                 self.post(Info(message, epoch))
 
         return asyncio.get_running_loop().call_later(seconds, fire)
+
+    async def annotate(self, epoch: int, tags: tuple[str, ...] | None = None, metadata: dict | None = None,
+                       groups: tuple[str, ...] | None = None) -> None:
+        """Store new tags, metadata or groups on the row (fenced on ``epoch``), then here: queries see them at once."""
+        if epoch != self.epoch or not self.host.lease_valid():
+            raise Fenced(f"{self.label} {self.process_id!r} epoch {epoch} no longer runs here")
+        done = await self._write(store.annotate, self.row_id, self.node_id, epoch, tags, metadata, groups)
+        if not done:
+            raise Fenced(f"{self.label} {self.process_id!r} epoch {epoch} is no longer owned by this activation")
+        if tags is not None:
+            self.tags = tags
+        if metadata is not None:
+            self.metadata = metadata
+        if groups is not None:
+            self.groups = groups
 
     def fence_token(self, epoch: int) -> store.FenceToken:
         return store.FenceToken(self.label, self.process_id, self.node_id, epoch, self.host.lease_valid,

@@ -9,7 +9,7 @@ import enum
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 
-from ..values import RUNNING
+from ..values import IDLE, RUNNING
 
 # ---------------------------------------------------------------- restart policy
 
@@ -60,6 +60,7 @@ class StartCase(enum.Enum):
     ACTIVATE = "activate"  # the row names this node but nothing runs it here yet: run it
     ELSEWHERE = "elsewhere"  # it runs on another live node: answer with that node's ref
     TAKE_OVER = "take_over"  # its owner is dead or absent: claim it (epoch + 1), same argument
+    REACTIVATE = "reactivate"  # it was passivated (idle): claim it with its argument and handed-off state
     RESTART = "restart"  # it was stopped or failed: claim it with the caller's argument (a fresh start)
 
 
@@ -76,6 +77,8 @@ def start_case(row: RowState | None, me: str, running_here: bool) -> StartCase:
     """The start of a process whose row already exists (the INSERT found it): join, redirect, claim or retry."""
     if row is None:
         return StartCase.RETRY
+    if row.status == IDLE:
+        return StartCase.REACTIVATE
     if row.status != RUNNING:
         return StartCase.RESTART
     if row.node_id == me:

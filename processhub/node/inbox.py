@@ -28,6 +28,9 @@ logger = logging.getLogger(__name__)
 
 Key = tuple[str, str]
 
+# Items in one START_MANY or STOP_MANY message (clients send at most this many per message).
+MAX_ITEMS = 2000
+
 
 class Inbox:
     def __init__(self, node: NodeParts) -> None:
@@ -37,6 +40,8 @@ class Inbox:
         # Kinds addressed to one process carry its label and id ("l", "p").
         self.handlers: dict[str, Callable[[dict, Key], None]] = {
             wire.START: self.on_start,
+            wire.START_MANY: self.on_start_many,
+            wire.STOP_MANY: self.on_stop_many,
             wire.CALL: self.on_call,
             wire.CAST: self.on_cast,
             wire.STOP: self.on_stop,
@@ -79,16 +84,58 @@ class Inbox:
         self._spawn(self._start(env, key))
 
     async def _start(self, env: dict, key: Key) -> None:
+        await self.node.reply(env.get("r"), env.get("id"), await self._start_one(env, key))
+
+    async def _start_one(self, env: dict, key: Key) -> dict:
+        """One start, answered as an envelope; a start that fails the node's checks gets a named error."""
         node = self.node
-        reply_to, corr = env.get("r"), env.get("id")
         try:
-            result = await node.starts.start(key, env.get("a"))
+            return await node.starts.start(key, node.starts.spec(key, env))
         except (InvalidMessage, UnknownProcessClass) as exc:
             code = wire.E_UNKNOWN_CLASS if isinstance(exc, UnknownProcessClass) else wire.E_INVALID
             self._log.warning("start-refused", "processhub: node %s refused a start: %s", node.name, exc)
-            await node.reply_error(reply_to, corr, code, str(exc))
+            return {"ok": False, "err": code, "msg": str(exc)}
+
+    def on_start_many(self, env: dict, key: Key) -> None:
+        self._spawn(self._start_many(env))
+
+    async def _start_many(self, env: dict) -> None:
+        """Many starts of one class in one message: they share the batches of the group commit."""
+        reply_to, corr = env.get("r"), env.get("id")
+        label, items = env.get("l"), env.get("items")
+        if not isinstance(label, str) or not isinstance(items, list) or len(items) > MAX_ITEMS or not all(
+                isinstance(i, list) and len(i) == 2 and isinstance(i[0], str) for i in items):
+            await self.node.reply_error(reply_to, corr, wire.E_INVALID, "start_many needs 'l' and 'items': "
+                                        f"at most {MAX_ITEMS} [process id, argument] pairs")
             return
-        await node.reply(reply_to, corr, result)
+        shared = {k: env[k] for k in ("tg", "md", "tk", "g") if k in env}
+        results = await asyncio.gather(*(self._start_one({**shared, "a": arg}, (label, pid)) for pid, arg in items))
+        await self.node.reply(reply_to, corr, {"ok": True, "results": dict(zip((i[0] for i in items), results,
+                                                                               strict=True))})
+
+    def on_stop_many(self, env: dict, key: Key) -> None:
+        self._spawn(self._stop_many(env))
+
+    async def _stop_many(self, env: dict) -> None:
+        """Stop many processes of one class that run here; answers which were stopped."""
+        node = self.node
+        reply_to, corr = env.get("r"), env.get("id")
+        label, pids = env.get("l"), env.get("pids")
+        if not isinstance(label, str) or not isinstance(pids, list) or len(pids) > MAX_ITEMS:
+            await node.reply_error(reply_to, corr, wire.E_INVALID,
+                                   f"stop_many needs 'l' and at most {MAX_ITEMS} 'pids'")
+            return
+        loop = asyncio.get_running_loop()
+        waiting: dict[str, asyncio.Future] = {}
+        for pid in pids:
+            act = node.activations.get((label, pid)) if isinstance(pid, str) else None
+            if act is not None and not act.busy:
+                act.busy = True
+                fut = waiting[pid] = loop.create_future()
+                act.post(StopRequest(future=fut))
+        done = await asyncio.gather(*waiting.values())
+        stopped = [pid for pid, ok in zip(waiting, done, strict=True) if ok]
+        await node.reply(reply_to, corr, {"ok": True, "stopped": stopped})
 
     def on_call(self, env: dict, key: Key) -> None:
         node = self.node

@@ -193,7 +193,8 @@ class Node:
         activation.current = False
         self._remember_until_quiet(activation)
         self._spawn(self.event({"e": "unregistered", "l": activation.label, "p": activation.process_id,
-                                "epoch": activation.epoch}))
+                                "n": self.name, "ni": activation.node_id, "epoch": activation.epoch,
+                                "reason": reason}))
         self.lifecycle("stopped", activation, reason=reason)
 
     def _remember_until_quiet(self, act: Activation) -> None:
@@ -261,7 +262,7 @@ class Node:
     async def event(self, env: dict) -> None:
         env["t"] = wire.EVENT
         try:
-            await self.rt.transport.publish(f"{self.hs.PREFIX}.events", wire.dumps(env))
+            await self.rt.transport.publish(wire.events_channel(self.hs.PREFIX), wire.dumps(env))
         except ProcessHubError as exc:
             logger.debug("processhub: event lost: %s", exc)
 
@@ -276,6 +277,12 @@ class Node:
 
     def lifecycle(self, event: str, activation: Activation | None = None, **extra: Any) -> None:
         """One log line per process lifecycle event; listeners (signals, metrics) get the same facts."""
+        if event == "started" and activation is not None:
+            # Every client and node hears it (best effort): caches learn the new owner, receivers of
+            # process_registered keep their local index.
+            self._spawn(self.event({"e": "registered", "l": activation.label, "p": activation.process_id,
+                                    "n": self.name, "ni": activation.node_id, "epoch": activation.epoch,
+                                    "c": activation.channel}))
         if activation is not None and logger.isEnabledFor(logging.INFO):
             logger.info("processhub: %s %s %r node=%s epoch=%s%s", event, activation.label, activation.process_id,
                         self.name, activation.epoch, "".join(f" {k}={v!r}" for k, v in extra.items()))

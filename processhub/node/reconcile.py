@@ -20,11 +20,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Any
 
 from django.db import DatabaseError
 
-from .. import classes, placement, store
-from ..values import STOPPED, NodeInfo, Row
+from .. import classes, placement, store, wire
+from ..logs import Throttled
+from ..values import FAILED, STOPPED, NodeInfo, Row, StartSpec
 from . import decisions
 from .activation import Origin
 from .host import NodeParts
@@ -39,6 +41,13 @@ ORPHAN_PAGE = 5000
 ACTIVATE_SLICE = 500
 # Seconds between two log lines about rows no live node can run.
 UNRUNNABLE_LOG_EVERY = 30.0
+# Seconds between two starts of a declared singleton that keeps failing.
+DECLARED_RETRY = 30.0
+
+
+def _retrieve(task: asyncio.Future) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        logger.warning("processhub: starting a declared singleton failed: %r", task.exception())
 
 
 class Reconciler:
@@ -52,6 +61,8 @@ class Reconciler:
         self._hinted: set[int] = set()
         self._hint_event = asyncio.Event()
         self._unrunnable_logged = -1e9
+        self._declared_tried: dict[tuple[str, str], float] = {}
+        self._log = Throttled(logger, UNRUNNABLE_LOG_EVERY)
 
     # ------------------------------------------------------------ wake-ups
 
@@ -101,6 +112,7 @@ class Reconciler:
         if await node.rt.db(store.mark_expired_nodes_down):
             await node.event({"e": "nodes_changed"})
         await self.take_orphans(live)
+        await self.ensure_declared(live)
         full = self._full_due or now - self._last_full > node.hs.FULL_RESYNC_INTERVAL
         if await self.sync_own(full):
             self._last_full = now
@@ -208,6 +220,38 @@ class Reconciler:
                         owner or "no node")
             node.lifecycle("took_over", count=len(claimed), from_node=owner)
         return claimed, unrunnable
+
+    # ------------------------------------------------------------ declared singletons
+
+    async def ensure_declared(self, live: list[NodeInfo]) -> None:
+        """Start the declared singletons (``autostart``) this node is the rendezvous winner of, when their row
+        is missing, stopped or failed (a failed one at most every DECLARED_RETRY seconds)."""
+        node = self.node
+        declared: dict[tuple[str, str], Any] = {}
+        for cls in classes.registered():
+            for arg in getattr(cls, "autostart", ()):
+                try:
+                    declared[(cls.label, wire.check_process_id(cls.process_id(arg), node.hs.MAX_ID_LENGTH))] = arg
+                except Exception as exc:  # noqa: BLE001 - a bad declaration must not stop the reconcile
+                    self._log.warning("declared", "processhub: %s declares an autostart argument it cannot start "
+                                      "(%r): %s", cls.label, arg, exc)
+        capacity = node.hs.MAX_PROCESSES_PER_NODE
+        mine = [k for k in declared if k not in node.activations and k not in node.starts.claiming
+                and (winner := placement.choose_node(k[0], k[1], live, capacity)) is not None and winner.id == node.id]
+        if not mine:
+            return
+        rows = await node.rt.db(store.lookup_many, mine)
+        now = node.clock.now()
+        for key in mine:
+            row = rows.get(key)
+            if row is not None and row.status not in (STOPPED, FAILED):
+                continue  # running (here, elsewhere, or waiting for a takeover) or passivated: nothing to do
+            if row is not None and row.status == FAILED and now - self._declared_tried.get(key, -1e9) < DECLARED_RETRY:
+                continue
+            self._declared_tried[key] = now
+            spec = StartSpec(declared[key], str(classes.get(key[0]).restart))
+            logger.info("processhub: node %s starts the declared singleton %s %r", node.name, key[0], key[1])
+            asyncio.ensure_future(node.starts.start(key, spec)).add_done_callback(_retrieve)
 
     # ------------------------------------------------------------ own rows
 

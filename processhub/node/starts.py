@@ -18,7 +18,7 @@ from django.db import DatabaseError
 
 from .. import classes, store, wire
 from ..exceptions import InvalidArgument, InvalidMessage
-from ..values import ProcessRef, Row
+from ..values import IDLE, ProcessRef, Row, StartSpec
 from . import decisions
 from .activation import Activation, Origin
 from .host import NodeParts
@@ -58,8 +58,7 @@ RETRY = Outcome(Result.RETRY)
 @dataclass(slots=True)
 class _Pending:
     key: Key
-    arg: Any
-    restart: str
+    spec: StartSpec
     future: asyncio.Future
 
 
@@ -72,17 +71,29 @@ class StartBatcher:
 
     # ------------------------------------------------------------ one start request
 
-    async def start(self, key: Key, arg: Any) -> dict:
+    def spec(self, key: Key, env: dict) -> StartSpec:
+        """The start a START envelope (or one item of START_MANY) asks for, checked as the client checks it (I8)."""
+        cls = classes.get(key[0])
+        arg = env.get("a")
+        try:
+            # An unstorable id or argument would fail the whole group-committed INSERT of every start
+            # batched with it.
+            wire.check_process_id(key[1], self.node.hs.MAX_ID_LENGTH)
+            wire.check_storable(arg, "start argument")
+            tags = None if env.get("tg") is None else wire.check_tags(env["tg"])
+            metadata = None if env.get("md") is None else wire.check_metadata(env["md"])
+        except InvalidArgument as exc:
+            raise InvalidMessage(str(exc)) from None
+        token = env.get("tk")
+        if token is not None and (not isinstance(token, str) or len(token) > 32):
+            raise InvalidMessage("'tk' must be a short string")
+        return StartSpec(arg, str(cls.restart), tags, metadata, env.get("g") is True, token)
+
+    async def start(self, key: Key, spec: StartSpec) -> dict:
         """Start (or join) ``key`` here; the reply envelope for the caller."""
         node = self.node
         cls = classes.get(key[0])
-        try:
-            # The client checks these too; a raw message may not have (I8). An unstorable id or
-            # argument would fail the whole group-committed INSERT of every start batched with it.
-            wire.check_process_id(key[1], node.hs.MAX_ID_LENGTH)
-            wire.check_storable(arg, "start argument")
-        except InvalidArgument as exc:
-            raise InvalidMessage(str(exc)) from None
+        arg = spec.arg
         try:
             pid = cls.process_id(arg)
         except Exception as exc:
@@ -105,7 +116,7 @@ class StartBatcher:
             first = found is None
             if found is None:
                 fut = self.claiming[key] = asyncio.get_running_loop().create_future()
-                self._queue.append(_Pending(key, arg, cls.restart, fut))
+                self._queue.append(_Pending(key, spec, fut))
                 self._queued.set()
             else:
                 fut = found
@@ -168,18 +179,24 @@ class StartBatcher:
                 self._settle(p, Outcome.error(wire.E_FENCED, "node has no valid lease"))
             return
         incarnation = node.id
-        items = [(p.key[0], p.key[1], p.arg, p.restart) for p in batch]
+        items = [(p.key[0], p.key[1], p.spec) for p in batch]
         inserted = await node.write(store.insert_new, incarnation, items, keys=[p.key for p in batch]) or {}
+        existing: list[_Pending] = []
         for p in batch:
             row_id = inserted.get(p.key)
             if not node.current(incarnation):
-                outcome = Outcome.error(wire.E_FENCED, "node lost its lease while starting")
+                self._settle(p, Outcome.error(wire.E_FENCED, "node lost its lease while starting"))
             elif row_id is not None:
-                row = Row(row_id, p.key[0], p.key[1], p.arg, 1, p.restart, None)
-                outcome = Outcome(Result.ACTIVATION, node.activate(row, Origin.START), created=True)
+                s = p.spec
+                row = Row(row_id, p.key[0], p.key[1], s.arg, 1, s.restart, None, s.tags or (), s.metadata or {},
+                          (), s.guided)
+                self._settle(p, Outcome(Result.ACTIVATION, node.activate(row, Origin.START), created=True))
             else:
-                outcome = await self._existing(p.key, p.arg)
-            self._settle(p, outcome)
+                existing.append(p)
+        if existing:
+            found = await self._lookup([p.key for p in existing])
+            for p in existing:
+                self._settle(p, await self._existing(p.key, p.spec, found))
 
     def _unique(self, batch: list[_Pending]) -> list[_Pending]:
         # Answered entries (a fence answered them) are dropped; one entry per key, so a key can
@@ -199,13 +216,19 @@ class StartBatcher:
         if not p.future.done():
             p.future.set_result(outcome)
 
-    async def _existing(self, key: Key, arg: Any) -> Outcome:
+    async def _lookup(self, keys: list[Key]) -> dict[Key, Any] | DatabaseError:
+        """The rows of the starts whose INSERT found one, in one statement."""
+        try:
+            return await self.node.rt.db(store.lookup_many, keys)
+        except DatabaseError as exc:
+            return exc
+
+    async def _existing(self, key: Key, spec: StartSpec, looked_up: dict[Key, Any] | DatabaseError) -> Outcome:
         """The row exists: join it, redirect, take it over, or restart it (``decisions.start_case``)."""
         node = self.node
-        try:
-            found = await node.rt.db(store.lookup, *key)
-        except DatabaseError as exc:
-            return Outcome.error(wire.E_UNAVAILABLE, f"database: {type(exc).__name__}")
+        if isinstance(looked_up, DatabaseError):
+            return Outcome.error(wire.E_UNAVAILABLE, f"database: {type(looked_up).__name__}")
+        found = looked_up.get(key)
         if found is None:
             return RETRY  # vanished between the insert and the read: decide again
         incarnation = node.id
@@ -225,13 +248,17 @@ class StartBatcher:
             if not node.current(incarnation):
                 return Outcome.error(wire.E_FENCED, "node lost its lease while starting")
             return Outcome(Result.ACTIVATION, node.activate(rows[0], Origin.ASSIGNED))
-        # TAKE_OVER (owner dead or absent) or RESTART (stopped, failed): claim it, epoch + 1.
+        # TAKE_OVER (owner dead or absent), REACTIVATE (passivated) or RESTART (stopped, failed): claim it.
         restarting = case is decisions.StartCase.RESTART
-        got = await node.write(store.claim, incarnation, [(found.row_id, found.epoch)], restarting,
-                               arg if restarting else None, keys=[key])
+        if restarting:
+            got = await node.write(store.claim, incarnation, [(found.row_id, found.epoch)], spec, keys=[key])
+        else:
+            status = IDLE if case is decisions.StartCase.REACTIVATE else found.status
+            got = await node.write(store.claim, incarnation, [(found.row_id, found.epoch)], None, status, keys=[key])
         if not got:
             return RETRY
         if not node.current(incarnation):
             return Outcome.error(wire.E_FENCED, "node lost its lease while starting")
         origin = Origin.START if restarting else Origin.TAKEOVER
-        return Outcome(Result.ACTIVATION, node.activate(got[0], origin), created=True)
+        return Outcome(Result.ACTIVATION, node.activate(got[0], origin), created=case is not
+                       decisions.StartCase.REACTIVATE)

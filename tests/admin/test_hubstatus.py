@@ -30,8 +30,8 @@ def test_table_lists_live_nodes_and_counts():
     assert " late " in next(line for line in lines if line.startswith("beta"))
     assert not any(line.startswith("old") for line in lines)
     echo = next(line for line in lines if line.startswith("hubtest.Echo"))
-    assert echo.split()[1:] == ["12", "0", "3", "15"]  # running, stopped, failed, total
-    assert next(line for line in lines if line.startswith("TOTAL")).split()[1:] == ["27", "0", "3", "30"]
+    assert echo.split()[1:] == ["12", "0", "3", "0", "15"]  # running, stopped, failed, idle, total
+    assert next(line for line in lines if line.startswith("TOTAL")).split()[1:] == ["27", "0", "3", "0", "30"]
     assert "old" in run("--all-nodes")
 
 
@@ -42,7 +42,7 @@ def test_json_output():
     assert [n["name"] for n in data["nodes"]] == ["alpha"]
     node = data["nodes"][0]
     assert (node["id"], node["health"], node["running"], node["share"]) == (a.id, "fresh", 5, 1.0)
-    assert data["totals"] == {"running": 5, "stopped": 0, "failed": 0}
+    assert data["totals"] == {"running": 5, "stopped": 0, "failed": 0, "idle": 0}
     assert {c["label"]: c["total"] for c in data["classes"]} == {"hubtest.Echo": 3, "hubtest.Transient": 2}
 
 

@@ -28,7 +28,7 @@ def test_tasks_call_and_cast_processes_on_runhub_nodes(cluster_factory, celery_w
     # One runtime per worker OS process, shared by its tasks (and threads); the
     # prefork parent has none. Every runtime subscribes once to the events channel.
     r = redis.Redis.from_url(REDIS_URL)
-    events = f"{cluster.prefix}.events"
+    events = f"{cluster.prefix}.events.framed"
     Echo.call("warm-up", {})  # the test process's own runtime exists from here on
     assert numsub(r, events) == 2 + 1, "the worker made a runtime before running any task"
     infos = [res.get(timeout=30) for res in [worker.send(runtime_info, f"rt{i}", 0.05) for i in range(10)]]

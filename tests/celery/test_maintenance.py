@@ -77,7 +77,7 @@ def test_health_report_flags_orphans_nobody_took_over():
 
     report = hub_celery.registry_health()
     assert report == {"ok": True, "live_nodes": ["live"], "draining_nodes": ["draining"],
-                      "processes": {"running": 2, "stopped": 1, "failed": 0}, "orphans": 1, "stuck": 0,
+                      "processes": {"running": 2, "stopped": 1, "failed": 0, "idle": 0}, "orphans": 1, "stuck": 0,
                       "stuck_examples": []}
 
     proc("stuck-orphan", owner=dead_long)

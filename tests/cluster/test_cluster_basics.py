@@ -53,7 +53,8 @@ def test_concurrent_get_or_start_is_single_activation(cluster3):
         try:
             for pid in ids[seed % 7:] + ids[: seed % 7]:
                 r = Echo.call(pid, {})
-                results[pid].append((r["node"], r["epoch"], r["pid"]))
+                # inst tells two instances on one node apart (same node, epoch and OS pid).
+                results[pid].append((r["node"], r["epoch"], r["pid"], r["inst"]))
         except Exception as exc:  # noqa: BLE001
             errors.append(exc)
 

@@ -117,3 +117,55 @@ class StartCounter(HordeProcess):
 
     def handle_call(self, message):
         return {"node": self.node, "epoch": self.epoch, "token": self.token}
+
+
+class Tagger(HordeProcess):
+    """Shows and changes its own tags and metadata from inside."""
+
+    async def handle_call(self, message):
+        op = message.get("op")
+        if op == "retag":
+            await self.set_tags(message["tags"])
+            await self.set_metadata(message["metadata"])
+        elif op == "crash":
+            raise RuntimeError("boom")
+        return {"tags": list(self.tags), "metadata": self.metadata}
+
+
+class Scheduler(HordeProcess):
+    """A declared singleton: one cluster-wide scheduler (declared in node processes started with
+    HUBTEST_AUTOSTART=1; tests in the test process declare it by setting ``autostart``)."""
+
+    autostart = ["cron"] if os.environ.get("HUBTEST_AUTOSTART") else []
+
+    async def init(self, arg):
+        self.ticks = 0
+
+    async def handle_call(self, message):
+        return {"node": self.node, "epoch": self.epoch}
+
+
+class Member(HordeProcess):
+    """Joins the groups named in its argument; answers group calls with where it runs."""
+
+    @classmethod
+    def process_id(cls, arg):
+        return str(arg["id"])
+
+    async def init(self, arg):
+        self.got = []
+        for group in arg.get("groups", []):
+            if group not in self.groups:
+                await self.join(group)
+
+    async def handle_call(self, message):
+        if message.get("op") == "leave":
+            await self.leave(message["group"])
+        elif message.get("op") == "sleep":
+            import asyncio
+
+            await asyncio.sleep(float(message["s"]))
+        return {"id": self.process_id, "node": self.node, "got": self.got, "groups": list(self.groups)}
+
+    async def handle_cast(self, message):
+        self.got.append(message)

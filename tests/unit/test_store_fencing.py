@@ -8,6 +8,7 @@ from django.utils import timezone
 from processhub import store
 from processhub.exceptions import ProcessCrashed
 from processhub.models import Node, NodeStatus, Process, ProcessStatus
+from processhub.values import StartSpec
 from tests.hubtest.processes import BadConstructor, Echo
 
 
@@ -45,7 +46,7 @@ def test_takeover_claim_does_not_undo_a_stop():
     assert store.claim("me", [(r.id, 3)]) == []  # saw it running at epoch 3, but it was stopped since
     assert Process.objects.get(id=r.id).status == ProcessStatus.STOPPED
     # A start of the stopped row is a restart claim, and that one succeeds.
-    got = store.claim("me", [(r.id, 3)], True, "new-arg")
+    got = store.claim("me", [(r.id, 3)], StartSpec("new-arg", "permanent"))
     assert got and got[0].epoch == 4 and got[0].arg == "new-arg"
 
 
