@@ -115,7 +115,20 @@ def _start_thread_runtime() -> Runtime:
     thread.start()
     ready.wait()
     rt = Runtime(loop, thread)
-    asyncio.run_coroutine_threadsafe(rt.open(), loop).result(30)
+    try:
+        asyncio.run_coroutine_threadsafe(rt.open(), loop).result(30)
+    except BaseException:
+        # A runtime that could not open (a wrong Redis password, say) must not keep reconnecting and
+        # logging in the background: the next call makes a fresh one.
+        try:
+            asyncio.run_coroutine_threadsafe(rt.transport.close(), loop).result(5)
+        except Exception:  # noqa: BLE001 - cleaning up after the error that is raised below
+            pass
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(5)
+        rt.db_pool.shutdown(wait=False)
+        rt.handler_pool.shutdown(wait=False)
+        raise
     _runtime = rt
     if hub_settings().embedded and _embedded_starter is not None:
         _embedded_starter(rt)

@@ -10,6 +10,9 @@ from django.test import override_settings
 
 from processhub.runtime import reset_runtime
 
+# Fails the run if a password of the test services shows up in any log line or node log (tests/redis_auth).
+pytest_plugins = ["tests.redis_auth.leakcheck"]
+
 # Services come only from the environment the test command set up (scripts/test exports both): a test never
 # guesses a server, so it can never test one the run did not mean.
 REDIS_URL = os.environ.get("REDIS_URL", "")

@@ -30,7 +30,7 @@ def make_transport(kind: str, hs: Any) -> Transport:
             raise ImproperlyConfigured("PROCESSHUB TRANSPORT 'redis' needs REDIS_URL")
         endpoint = Endpoint(hs.REDIS_URL, hs.REDIS_OPTIONS, hs.REDIS_SENTINELS, hs.REDIS_SENTINEL_MASTER,
                             hs.REDIS_SENTINEL_OPTIONS)
-        return RedisTransport(endpoint, keys, hs.REPLAY_WINDOW)
+        return RedisTransport(endpoint, keys, hs.REPLAY_WINDOW, prefix=hs.PREFIX)
     from .layer import ChannelLayerTransport
 
     return ChannelLayerTransport(keys, hs.REPLAY_WINDOW)

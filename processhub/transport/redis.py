@@ -62,6 +62,7 @@ class Endpoint:
         self.sentinels = [_host_port(s) for s in sentinels or ()]
         self.sentinel_master = sentinel_master
         self.sentinel_options = sentinel_options or {}
+        self.generation = 0  # bumped when Sentinel names another master: connections made before are stale
         self._ssl_context: ssl.SSLContext | None = None
 
     def __repr__(self) -> str:
@@ -157,6 +158,7 @@ class _Conn(asyncio.Protocol):
         self.waiters: deque[tuple[asyncio.Future | list[asyncio.Future], float]] = deque()
         self.born = loop.time()
         self.answered = False
+        self.address: tuple[str, int] | None = None  # where it connected (Sentinel's master at that time)
         self.refused = ""  # the last error reply on a subscriber connection (an ACL's NOPERM), for the error message
         self.why = ""  # why the connection was lost, for the error of a later write
 
@@ -234,6 +236,7 @@ async def open_connection(endpoint: Endpoint, timeout: float) -> _Conn:
             coro = loop.create_unix_connection(lambda: conn, endpoint.path)
         else:
             host, port = await endpoint.address(timeout)
+            conn.address = (host, port)
             coro = loop.create_connection(lambda: conn, host, port, ssl=endpoint.ssl_context(),
                                           server_hostname=host if endpoint.tls else None)
         await asyncio.wait_for(coro, timeout)
@@ -281,8 +284,11 @@ class RedisTransport(Transport):
     """
 
     def __init__(self, url: str | Endpoint, keys: Keys, replay_window: float = 30.0, ping_interval: float = 1.0,
-                 publish_timeout: float = 2.0, connect_timeout: float = 1.0) -> None:
+                 publish_timeout: float = 2.0, connect_timeout: float = 1.0, prefix: str = "processhub") -> None:
         self.endpoint = url if isinstance(url, Endpoint) else Endpoint(url)
+        # Subscribed to when nothing else is, so the connection is in subscribed mode; under the hub's prefix,
+        # which is all an ACL user of the hub may subscribe to.
+        self._idle_channel = f"{prefix}.idle".encode()
         self.keys = keys
         self._sealer = Sealer(keys)
         self._opener = Opener(keys, replay_window)
@@ -440,7 +446,18 @@ class RedisTransport(Transport):
         deadline = loop.time() + 5.0
         try:
             while True:
-                await asyncio.wait_for(self.connected.wait(), max(0.01, deadline - loop.time()))
+                while not self.connected.is_set():
+                    if "refused" in self._last_error or "closed the connection at once" in self._last_error:
+                        # A wrong password, an ACL without the hub's channels, a refused certificate:
+                        # waiting longer changes nothing.
+                        raise TransportUnavailable(f"cannot subscribe to {channel} on {self.describe()}: "
+                                                   f"{self._last_error}")
+                    if loop.time() >= deadline:
+                        raise TimeoutError
+                    try:
+                        await asyncio.wait_for(self.connected.wait(), min(0.1, deadline - loop.time()))
+                    except TimeoutError:
+                        continue
                 fut = self._confirm.get(ch)
                 if fut is None or fut.done():
                     fut = self._confirm[ch] = loop.create_future()
@@ -476,6 +493,8 @@ class RedisTransport(Transport):
             if isinstance(reply, RedisReplyError):
                 # A refused SUBSCRIBE (an ACL user without the hub's channels) or PING: what subscribe() reports.
                 conn.refused = f"Redis refused a command: {_refusal(reply)}"
+                if "channel" in str(reply):
+                    self._last_error = conn.refused  # a SUBSCRIBE refused: subscribe() fails at once with why
             return  # +PONG outside subscribed mode, or an error reply to a PING
         kind = reply[0]
         if kind == b"message":
@@ -538,7 +557,7 @@ class RedisTransport(Transport):
                 conn.on_reply = self._on_sub_reply
                 self._sub = conn
                 self._heard, self._silent = True, 0
-                channels = list(self._handlers) or [b"processhub.nothing"]
+                channels = list(self._handlers) or [self._idle_channel]
                 conn.write(pack(b"SUBSCRIBE", *channels))
                 exc = await conn.lost
                 self._last_error = ""
@@ -567,8 +586,23 @@ class RedisTransport(Transport):
             await asyncio.sleep(self.ping_interval)
             try:
                 self._check(loop.time())
+                if self.endpoint.sentinels:
+                    await self._follow_master()
+            except TransportUnavailable as exc:
+                self._log.warning("sentinel", "processhub: %s", exc)
             except Exception:  # noqa: BLE001 - the watchdog of the connections must outlive any surprise
                 logger.exception("processhub: Redis connection check failed")
+
+    async def _follow_master(self) -> None:
+        """Ask Sentinel where the master is now; leave a master that is no longer one (a failover, or a
+        partition that isolated it), even while it still answers."""
+        master = await self.endpoint.address(self.connect_timeout)
+        moved = [c for c in (self._sub, self._pub) if c is not None and c.address not in (None, master)]
+        if moved:
+            logger.warning("processhub: Sentinel names %s:%s as the Redis master now; reconnecting", *master)
+            self.endpoint.generation += 1  # blocking publishers reconnect on their next publish
+            for conn in moved:
+                conn.abort()
 
     def _check(self, now: float) -> None:
         pub = self._pub
@@ -611,11 +645,15 @@ class RedisLoopPublisher:
     def __init__(self, transport: RedisTransport) -> None:
         self._transport = transport
         self._sealer = Sealer(transport.keys)
+        self._generation = 0
         self._conn: weakref.ref | None = None
         self._opening: asyncio.Future | None = None
 
     async def publish(self, channel: str, data: bytes) -> int:
         conn = self._conn() if self._conn is not None else None
+        if conn is not None and self._generation != self._transport.endpoint.generation:
+            conn.abort()  # made before Sentinel named another master
+            conn = None
         if conn is None or conn.lost.done():
             conn = await self._connect()
         ch = channel.encode()
@@ -634,6 +672,7 @@ class RedisLoopPublisher:
         if task is None or task.done():
             task = self._opening = asyncio.ensure_future(self._transport._open())
             task.add_done_callback(_retrieve)
+        self._generation = self._transport.endpoint.generation
         conn = await asyncio.shield(task)
         self._conn = weakref.ref(conn)
         self._opening = None  # a finished task would hold the connection (and so the loop) strongly
@@ -665,6 +704,9 @@ class RedisBlockingPublisher:
         if sealer is None:
             sealer = local.sealer = Sealer(self._keys)  # one sender per thread: its counter grows in send order
         conn = getattr(local, "conn", None)
+        if conn is not None and getattr(local, "generation", 0) != self._endpoint.generation:
+            self._drop(conn)  # made before Sentinel named another master
+            conn = None
         if conn is not None:
             try:
                 return self._roundtrip(conn, publish_command(ch, sealer.seal(ch, data, time.time())))
@@ -692,6 +734,7 @@ class RedisBlockingPublisher:
 
     def _connect(self) -> tuple[Any, Any]:
         ep = self._endpoint
+        sock = None
         try:
             if ep.path:
                 sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -708,9 +751,14 @@ class RedisBlockingPublisher:
             conn = (sock, reader())
             for command in ep.handshake():
                 self._roundtrip(conn, command)
-        except (OSError, EOFError) as exc:
-            raise TransportUnavailable(f"Redis is unreachable at {ep.describe()}: {type(exc).__name__}") from None
+        except BaseException as exc:
+            if sock is not None:
+                sock.close()
+            if isinstance(exc, (OSError, EOFError)):
+                raise TransportUnavailable(f"Redis is unreachable at {ep.describe()}: {type(exc).__name__}") from None
+            raise
         self._local.conn = conn
+        self._local.generation = ep.generation
         return conn
 
     def _drop(self, conn: tuple[Any, Any]) -> None:

@@ -25,8 +25,12 @@ FAST = {
 }
 
 
+class GiveUp(AssertionError):
+    """Raised by a polled condition that can never become true (a node that exited): wait_for stops at once."""
+
+
 def wait_for(cond: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:
-    """Poll ``cond`` until it returns something truthy; fail with ``what`` at the deadline."""
+    """Poll ``cond`` until it returns something truthy; fail with ``what`` at the deadline (or at a GiveUp)."""
     deadline = time.monotonic() + timeout
     last_exc = None
     while True:
@@ -34,6 +38,8 @@ def wait_for(cond: Callable[[], Any], timeout: float, what: str, interval: float
             value = cond()
             if value:
                 return value
+        except GiveUp:
+            raise
         except Exception as exc:  # noqa: BLE001 - polled conditions may fail while the cluster settles
             last_exc = exc
         if time.monotonic() > deadline:
@@ -117,7 +123,7 @@ class Cluster:
 
         def up():
             if not node.alive():
-                raise AssertionError(f"node {name} exited:\n{node.output()[-3000:]}")
+                raise GiveUp(f"node {name} exited:\n{node.output()[-3000:]}")
             return Node.objects.filter(name=name, pid=node.pid, status=NodeStatus.UP).exists()
 
         wait_for(up, timeout, f"node {name} to register")

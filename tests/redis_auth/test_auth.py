@@ -40,9 +40,6 @@ def test_requirepass_wrong_password(cluster_factory, requirepass_redis):
     no_password_in(repr(exc), pw.WRONG)
 
 
-@pytest.mark.xfail(strict=True, reason="processhub/runtime.py _start_thread_runtime: when rt.open() raises, the "
-                   "runtime's thread, loop and transport keep running (reconnecting and logging forever); each "
-                   "further call starts another")
 def test_a_refused_client_leaves_no_runtime_behind(cluster_factory, requirepass_redis):
     cluster = cluster_factory(redis_url=url(requirepass_redis, pw.WRONG))
     _, leaked = client_error(cluster.client_settings())

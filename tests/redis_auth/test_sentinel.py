@@ -111,11 +111,6 @@ def test_master_crash_is_followed(cluster_factory, sentinelled):
     assert set(cluster.live_names()) == {"a", "b"}
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "processhub/transport/redis.py asks Sentinel only when it opens a connection: after a failover that leaves the "
-    "old master up (SENTINEL FAILOVER, or a partition between it and the sentinels) nodes stay subscribed to it, "
-    "while new connections go to the new master; calls from a fresh client time out until the sentinel demotes "
-    "the old master and kills its clients (about 10 s here, indefinitely in a partition)"))
 def test_sentinel_failover_is_followed(cluster_factory, sentinelled):
     """SENTINEL FAILOVER with the old master alive: everyone must end up on the new master, quickly."""
     cluster = cluster_factory(redis_url=sentinelled.url(), settings=sentinelled.settings())
