@@ -51,6 +51,9 @@ if _env_flag("DJANGO_BEHIND_PROXY", False):
     # TLS ends at a proxy that sets X-Forwarded-Proto (and strips it from clients' requests).
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 CSRF_TRUSTED_ORIGINS = [o for o in os.environ.get("DJANGO_CSRF_TRUSTED_ORIGINS", "").split(",") if o]
+# The live page's "kill this node" button (staff only, SIGKILL to a runhub of this host): `scripts/demo cluster`
+# turns it on for its own nodes; off everywhere else.
+DEMO_KILL_NODES = _env_flag("DEMO_KILL_NODES", False)
 # Error pages and e-mails without the passwords of DATABASE_URL / REDIS_URL / CELERY_BROKER_URL.
 DEFAULT_EXCEPTION_REPORTER = "processhub.reporting.MaskingExceptionReporter"
 DEFAULT_EXCEPTION_REPORTER_FILTER = "processhub.reporting.MaskingExceptionReporterFilter"

@@ -9,7 +9,9 @@ group name depends only on the process's class and id, a push survives a move.
 """
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import weakref
 from typing import Any
 
 # Channels group names: ASCII letters, digits, hyphens, underscores and periods, shorter than 100 characters.
@@ -31,4 +33,22 @@ async def group_send(group: str, message: dict[str, Any], alias: str = "default"
         from django.core.exceptions import ImproperlyConfigured
 
         raise ImproperlyConfigured(f"group_send needs a channel layer: CHANNEL_LAYERS has no {alias!r}")
+    home = _home_loops.get(layer)
+    if home is not None and home.is_running() and home is not asyncio.get_running_loop():
+        await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(layer.group_send(group, message), home))
+        return
     await layer.group_send(group, message)
+
+
+# Channels' InMemoryChannelLayer keeps plain asyncio queues and dicts: a send from another thread's loop (the
+# embedded node's) would not wake the consumer's loop, and races its group_add. Its sends run on the loop
+# its consumers wait on, which a ProcessConsumer records when it connects.
+_home_loops: weakref.WeakKeyDictionary[Any, asyncio.AbstractEventLoop] = weakref.WeakKeyDictionary()
+
+
+def bind_layer_loop(layer: Any) -> None:
+    """Record the running loop as the one whose consumers use ``layer``, if the layer is bound to one loop."""
+    from channels.layers import InMemoryChannelLayer
+
+    if isinstance(layer, InMemoryChannelLayer):
+        _home_loops[layer] = asyncio.get_running_loop()

@@ -30,6 +30,7 @@ def pytest_addoption(parser):
 # run never hides cluster or chaos tests that did not run (services missing, Redis gone mid-run, ...).
 ALLOWED_SKIPS = {
     "tests/admin/test_browser.py": (r"chromium", "scripts/test installs Chromium only as root with network access"),
+    "tests/browser/test_live_demo.py": (r"chromium", "scripts/test installs Chromium only as root with network access"),
     "tests/unit/test_chaos_tools.py::test_ipv6_loopback_listen": (r"IPv6|::1", "the machine has no IPv6 loopback"),
 }
 

@@ -19,8 +19,8 @@ def test_demo_pages_call_processes(embedded_web):
     assert r.status_code == 200 and re.search(rb'id="count">0<', r.content)
     r = embedded_web.post("/counter/visits/", {"op": "incr"})
     assert re.search(rb'id="count">1<', r.content)
-    r = embedded_web.post("/room/lobby/", {"text": "hello"})
-    assert b"<li>hello</li>" in r.content
+    r = embedded_web.post("/room/lobby/", {"text": "hello", "nick": "ann"})
+    assert re.search(rb'<span class="who">ann \(guest\)</span><span class="text">hello</span>', r.content)
     r = embedded_web.post("/counter/visits/", {"op": "crash"})
     assert b"ProcessCrashed" in r.content
     assert Node.objects.filter(status=NodeStatus.UP, name="embedded").exists()
