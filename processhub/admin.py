@@ -110,7 +110,7 @@ class NodeAdmin(RegistryAdmin):
     list_filter = ("status",)
     search_fields = ("name", "host", "=id")
     ordering = ("name", "-started_at")
-    actions = ("drain",)
+    actions = ("drain", "undrain", "rebalance")
     fields = ("name", "id", "status", "health", "heartbeat_at", "heartbeat_age", "lease_expires_at", "started_at",
               "stopped_at", "host", "pid", "channel", "running", "processes_link")
     readonly_fields = fields
@@ -164,6 +164,17 @@ class NodeAdmin(RegistryAdmin):
             return
         self.report(request, "drain", admin_actions.drain_nodes(list(queryset)))
 
+    @admin.action(description="Undrain (take new processes again)", permissions=["drain"])
+    def undrain(self, request: HttpRequest, queryset: QuerySet) -> None:
+        if self.too_many(request, queryset):
+            return
+        self.report(request, "undrain", admin_actions.undrain_nodes(list(queryset)))
+
+    @admin.action(description="Rebalance the cluster (move processes to where placement puts them now)",
+                  permissions=["drain"])
+    def rebalance(self, request: HttpRequest, queryset: QuerySet) -> None:
+        self.report(request, "rebalance", admin_actions.rebalance_cluster(queryset.first()))
+
 
 # ====================================================================== processes
 
@@ -186,6 +197,33 @@ class NodeFilter(admin.SimpleListFilter):
         if value:
             return queryset.filter(node_id=value)
         return queryset
+
+
+class TagFilter(admin.SimpleListFilter):
+    """Processes carrying one tag (``?tag=org:7``); the choices are the tags of the rows on the page's first
+    hundred processes, since listing every tag of a million rows is a table scan."""
+
+    title = "tag"
+    parameter_name = "tag"
+
+    def lookups(self, request, model_admin):
+        seen: set[str] = set()
+        for tags in Process.objects.exclude(tags=[]).values_list("tags", flat=True)[:100]:
+            seen.update(t for t in tags or () if isinstance(t, str))
+        value = self.value()
+        if value:
+            seen.add(value)
+        return [(t, t) for t in sorted(seen)[:50]]
+
+    def queryset(self, request, queryset):
+        value = self.value()
+        if not value:
+            return queryset
+        from django.db import connection
+
+        if connection.vendor == "postgresql":
+            return queryset.filter(tags__contains=[value])  # jsonb @>, the GIN index
+        return queryset.filter(tags__icontains=f'"{value}"')  # SQLite: the JSON text
 
 
 class LabelFilter(admin.SimpleListFilter):
@@ -226,10 +264,10 @@ class ProcessActionForm(helpers.ActionForm):
 
 @admin.register(Process)
 class ProcessAdmin(RegistryAdmin):
-    list_display = ("process_id", "label", "node_link", "epoch", "status", "restarts", "error", "started_at",
-                    "meta")
+    list_display = ("process_id", "label", "node_link", "epoch", "status", "tag_list", "restarts", "error",
+                    "started_at", "meta")
     list_display_links = ("process_id",)
-    list_filter = (NodeFilter, LabelFilter, "status", CrashedFilter, "restart")
+    list_filter = (NodeFilter, LabelFilter, TagFilter, "status", CrashedFilter, "restart")
     search_fields = ("process_id",)
     list_select_related = ("node",)
     list_per_page = 100
@@ -245,6 +283,11 @@ class ProcessAdmin(RegistryAdmin):
     )
     readonly_fields = ("process_id", "label", "status", "node_link", "epoch", "restart", "restarts", "started_at",
                        "updated_at", "arg_json", "metadata_json", "handoff_json", "last_error_pre")
+
+    @admin.display(description="tags")
+    def tag_list(self, obj: Process) -> str:
+        tags = obj.tags or []
+        return _short(", ".join(str(t) for t in tags), 60) if tags else "-"
 
     @admin.display(description="node", ordering="node__name")
     def node_link(self, obj: Process) -> str:

@@ -180,6 +180,31 @@ def drain_nodes(nodes: Iterable[Node], timeout: float | None = None) -> list[Out
     return outcomes
 
 
+def undrain_nodes(nodes: Iterable[Node], timeout: float | None = None) -> list[Outcome]:
+    """Let each drained node take new processes again (``hub.undrain``)."""
+    t = _timeout(timeout)
+
+    async def one(client, n: Node) -> Outcome:
+        if n.status != NodeStatus.DRAINING:
+            return Outcome(n, SKIPPED, f"is {n.status}")
+        await client.undrain(n.id, t)
+        return Outcome(n, DONE, "takes new processes again")
+
+    return _run(nodes, one, t)
+
+
+def rebalance_cluster(anchor: Any, timeout: float | None = None) -> list[Outcome]:
+    """Ask every live node for one rebalancing sweep (``hub.rebalance``); one outcome, reported on ``anchor``."""
+    from . import hub
+
+    plan = hub.rebalance_plan()
+    if not plan:
+        return [Outcome(anchor, SKIPPED, "every process is where placement puts it")]
+    rt = get_runtime()
+    asked = rt.run_sync(rt.client.rebalance(_timeout(timeout)))
+    return [Outcome(anchor, DONE, f"{len(plan)} processes to move; {asked} nodes rebalancing")]
+
+
 def live_node_choices() -> list[tuple[str, str]]:
     """(incarnation id, name) of the nodes that take new processes, for a "move to" field."""
     from . import store

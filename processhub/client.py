@@ -39,7 +39,7 @@ from .exceptions import (
 from .logs import Throttled
 from .transport import FRAMED_SUFFIX, LoopPublisher, Transport
 from .transport.envelope import WIRE_VERSION
-from .values import RUNNING, Lookup, NodeInfo, ProcessRef
+from .values import IDLE, RUNNING, Lookup, NodeInfo, ProcessRef
 
 
 class ClientRuntime(Protocol):
@@ -485,6 +485,8 @@ class Client:
                     continue
                 raise
             env = {"t": wire.START, "l": key[0], "p": key[1], "a": arg}
+            if not how.start:
+                env = {"t": wire.START, "l": key[0], "p": key[1], "ro": True}  # wake a passivated one only
             if how.tags is not None:
                 env["tg"] = list(how.tags)
             if how.metadata is not None:
@@ -750,7 +752,7 @@ class Client:
                 raise CallTimeout(f"{kind} to {key[0]} {key[1]!r} got no reply within {timeout}s")
             ref = await self.lookup(key, use_cache)
             if ref is None:
-                if not how.start:
+                if not how.start and not await self._is_idle(key):
                     raise ProcessNotRunning(f"{key[0]} {key[1]!r} is not running (start=False)")
                 ref = await self._start(key, arg, deadline, None, how)
             env = {"t": kind, "l": key[0], "p": key[1], "m": message}
@@ -788,6 +790,11 @@ class Client:
                 # It restarted under a new epoch, or ended: the cached ref is stale either way.
                 self.forget(ref)
             raise error_from(reply)
+
+    async def _is_idle(self, key: tuple[str, str]) -> bool:
+        """A passivated process counts as running for ``start=False``: the message activates it again."""
+        row = await self.db(store.lookup, *key)
+        return row is not None and row.status == IDLE
 
     async def send_to_running(self, key: tuple[str, str], message: Any, timeout: float | None,
                               cast: bool = False) -> Any:
@@ -1070,6 +1077,13 @@ class Client:
     async def undrain(self, node: str, timeout: float | None = None) -> None:
         """Let a drained node (name or id) take new processes again."""
         await self._node_request(node, wire.UNDRAIN, "undraining", timeout)
+
+    async def rebalance(self, timeout: float | None = None) -> int:
+        """Ask every live node for one rebalancing sweep; returns how many nodes took the request."""
+        nodes = await self.nodes(True)
+        replies = await asyncio.gather(*(self.request(n.channel, {"t": wire.REBALANCE}, timeout or self.hs.CALL_TIMEOUT)
+                                         for n in nodes), return_exceptions=True)
+        return sum(1 for r in replies if isinstance(r, dict) and r.get("ok"))
 
     async def _node_request(self, node: str, kind: str, doing: str, timeout: float | None) -> dict:
         target = next((n for n in await self.nodes(True) if node in (n.name, n.id)), None)

@@ -58,6 +58,13 @@ DEFAULTS: dict[str, Any] = {
     "SECRET": None,
     "SECRET_FALLBACKS": None,
     "REPLAY_WINDOW": 30.0,
+    # Seconds an activation may be idle before it is passivated (None: never); the class option idle_timeout
+    # wins over it.
+    "IDLE_TIMEOUT": None,
+    # "passive": a node that joins takes nothing until asked (hub.rebalance); "active": processes move to the
+    # node placement names, with handoff, at most REBALANCE_RATE moves per second in the whole cluster.
+    "REBALANCE": "passive",
+    "REBALANCE_RATE": 100.0,
     # Most processes one node runs (None: no limit): placement skips full nodes; HubAtCapacity when all are.
     "MAX_PROCESSES_PER_NODE": None,
     # Limits on what clients may send.
@@ -101,6 +108,9 @@ class HubSettings:
     SECRET: str | None
     SECRET_FALLBACKS: list | None
     REPLAY_WINDOW: float
+    IDLE_TIMEOUT: float | None
+    REBALANCE: str
+    REBALANCE_RATE: float
     MAX_PROCESSES_PER_NODE: int | None
     MAX_ID_LENGTH: int
     MAX_MESSAGE_BYTES: int
@@ -138,6 +148,8 @@ def hub_settings() -> HubSettings:
             "PROCESSHUB needs HEARTBEAT_INTERVAL < NODE_TTL - LEASE_SAFETY_MARGIN "
             f"(got {hs.HEARTBEAT_INTERVAL}, {hs.NODE_TTL}, {hs.LEASE_SAFETY_MARGIN})"
         )
+    if hs.REBALANCE not in ("passive", "active"):
+        raise ImproperlyConfigured(f"PROCESSHUB REBALANCE must be 'passive' or 'active', not {hs.REBALANCE!r}")
     if hs.transport not in ("redis", "memory", "channels"):
         raise ImproperlyConfigured(
             f"PROCESSHUB TRANSPORT must be auto, redis, memory or channels, not {hs.TRANSPORT!r}"

@@ -30,7 +30,7 @@ from .values import DOWN, FAILED, IDLE, RUNNING, STOPPED, ProcessRef
 __all__ = [
     "ProcessList", "NodeState", "process_list", "aprocess_list", "match_tag", "nodes", "anodes", "is_alive",
     "is_partitioned", "drain", "adrain", "undrain", "aundrain", "members", "amembers", "publish", "apublish",
-    "multi_call", "amulti_call",
+    "multi_call", "amulti_call", "rebalance", "arebalance", "rebalance_plan",
 ]
 
 NodeState = store.NodeState
@@ -188,6 +188,43 @@ def undrain(node: str, timeout: float | None = None) -> None:
 async def aundrain(node: str, timeout: float | None = None) -> None:
     rt = get_runtime()
     await rt.run_async(rt.client.undrain(node, timeout))
+
+
+def rebalance_plan(limit: int | None = None) -> list[tuple[ProcessRef, str]]:
+    """The moves a rebalancing sweep would make now: (process, the node it would move to), by reading the
+    registry (no node is asked). Guided processes stay where they were put and are not listed."""
+    from . import placement
+    from .conf import hub_settings
+    from .values import UP
+
+    live = [n for n in store.live_nodes() if n.status == UP]
+    capacity = hub_settings().MAX_PROCESSES_PER_NODE
+    plan: list[tuple[ProcessRef, str]] = []
+    after = None
+    while True:
+        rows = store.process_page(None, None, None, None, RUNNING, after, PAGE)
+        for row in rows:
+            winner = None if row.guided else placement.choose_node(row.label, row.process_id, live, capacity)
+            if winner is not None and winner.id != row.node_id:
+                plan.append((_ref(row), winner.name))
+                if limit is not None and len(plan) >= limit:
+                    return plan
+        if len(rows) < PAGE:
+            return plan
+        after = (rows[-1].label, rows[-1].process_id)
+
+
+def rebalance(timeout: float | None = None) -> int:
+    """Ask every live node for one rebalancing sweep (for ``REBALANCE = "passive"`` clusters): each moves the
+    processes placement now puts elsewhere, at most REBALANCE_RATE moves per second in all. Returns how
+    many nodes took the request; the moves go on in the background (``rebalance_plan()`` shrinks to nothing)."""
+    rt = get_runtime()
+    return rt.run_sync(rt.client.rebalance(timeout))
+
+
+async def arebalance(timeout: float | None = None) -> int:
+    rt = get_runtime()
+    return await rt.run_async(rt.client.rebalance(timeout))
 
 
 # ---------------------------------------------------------------- process groups

@@ -50,6 +50,9 @@ class HordeProcess:
     # Declared singletons: start arguments of processes the hub keeps running from the first node's boot on
     # (reconcile starts any that is missing, stopped or failed, for as long as it is declared here).
     autostart: ClassVar[Sequence[Any]] = ()
+    # Seconds without a message or a pending timer before the process is passivated (None: the IDLE_TIMEOUT
+    # setting, which defaults to never).
+    idle_timeout: ClassVar[float | None] = None
 
     # Set on every instance before init(): its id, the node (name and incarnation id) and the epoch it runs under.
     process_id: str
@@ -170,11 +173,12 @@ class HordeProcess:
         return asyncio.run_coroutine_threadsafe(act.annotate(epoch, **changes), loop).result(
             act.host.hs.CALL_TIMEOUT)
 
-    def send_after(self, seconds: float, message: Any) -> asyncio.TimerHandle | None:
+    def send_after(self, seconds: float, message: Any) -> Any:
         """Deliver ``message`` to handle_info() of this instance after ``seconds`` (dropped if it is gone by then).
 
-        Returns the timer handle (cancel it to take the message back) when called on the node's
-        loop (async callbacks); from a plain ``def`` callback's thread it returns None.
+        Returns a timer (``cancel()`` takes the message back) when called on the node's loop (async
+        callbacks); from a plain ``def`` callback's thread it returns None. While a timer is pending the
+        process is not idle (``idle_timeout``).
         """
         activation, epoch = self._activation, self.epoch
         loop = activation.host.rt.loop

@@ -293,6 +293,7 @@ class ListedRow:
     channel: str | None
     tags: tuple[str, ...]
     metadata: dict[str, Any]
+    guided: bool = False
 
 
 def process_page(label: str | None, tag: str | None, group: str | None, node: str | None, status: str | None,
@@ -324,14 +325,15 @@ def process_page(label: str | None, tag: str | None, group: str | None, node: st
     if after is not None:
         where.append("(p.label > %s OR (p.label = %s AND p.process_id > %s))")
         params += [after[0], after[0], after[1]]
-    sql = (f"SELECT p.label, p.process_id, p.status, p.epoch, p.node_id, n.name, n.channel, p.tags, p.metadata "
+    sql = (f"SELECT p.label, p.process_id, p.status, p.epoch, p.node_id, n.name, n.channel, p.tags, p.metadata, "
+           f"p.guided "
            f"FROM {PT} AS p LEFT JOIN {NT} AS n ON n.id = p.node_id "
            f"{'WHERE ' + ' AND '.join(where) if where else ''} ORDER BY p.label, p.process_id LIMIT %s")
     with connection.cursor() as cur:
         cur.execute(sql, [*params, limit])
         rows = cur.fetchall()
-    return [ListedRow(r[0], r[1], r[2], r[3], r[4], r[5], r[6], tuple(_load(r[7]) or ()), _load(r[8]) or {})
-            for r in rows]
+    return [ListedRow(r[0], r[1], r[2], r[3], r[4], r[5], r[6], tuple(_load(r[7]) or ()), _load(r[8]) or {},
+                      bool(r[9])) for r in rows]
 
 
 @dataclass(frozen=True, slots=True)
@@ -524,6 +526,12 @@ def annotate(row_id: int, node_id: str, epoch: int, tags: tuple[str, ...] | None
         updates["groups"] = list(groups)
     return Process.objects.filter(id=row_id, node_id=node_id, epoch=epoch, status=ProcessStatus.RUNNING).update(
         **updates) == 1
+
+
+def passivate(row_id: int, node_id: str, epoch: int, state: Any) -> bool:
+    """Deactivate an idle process, fenced on (node, epoch): status idle, no node, its handoff state kept."""
+    return Process.objects.filter(id=row_id, node_id=node_id, epoch=epoch, status=ProcessStatus.RUNNING).update(
+        status=ProcessStatus.IDLE, node=None, handoff=state, updated_at=Now()) == 1
 
 
 def clear_handoff(row_id: int, epoch: int) -> None:

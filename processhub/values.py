@@ -89,6 +89,7 @@ class StartSpec:
     metadata: dict[str, Any] | None = None
     guided: bool = False  # placed on a named node
     token: str | None = None  # the start_many call it belongs to
+    reactivate_only: bool = False  # only wake a passivated process (a message with start=False): no argument
 
 
 @dataclass(frozen=True, slots=True)

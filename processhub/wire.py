@@ -25,6 +25,8 @@ START, CALL, CAST, STOP, MOVE, ACTIVATE = "start", "call", "cast", "stop", "move
 START_MANY, STOP_MANY = "start_many", "stop_many"
 # Admin -> node: take no new processes, hand every process away, keep running; and back (no "l"/"p").
 DRAIN, UNDRAIN = "drain", "undrain"
+# Admin -> node: one rebalancing sweep (hub.rebalance on a passive cluster).
+REBALANCE = "rebalance"
 # The kinds addressed to one process: they carry its class label "l" and id "p".
 ADDRESSED = frozenset({START, CALL, CAST, STOP, MOVE})
 # Node -> client.

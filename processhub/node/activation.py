@@ -101,14 +101,20 @@ class MoveRequest(Request):
     target: NodeInfo | None = None  # None: to nobody (the last node leaves its rows for the next boot)
 
 
-Item = Call | Cast | Info | StopRequest | MoveRequest
+@dataclass(slots=True)
+class PassivateRequest(Request):
+    """Deactivate an idle activation: its row stays, status idle, with the state begin_handoff() returned."""
+
+
+Item = Call | Cast | Info | StopRequest | MoveRequest | PassivateRequest
 
 
 class EndKind(enum.Enum):
     EXIT = "exit"  # the process called exit()
     CRASH = "crash"  # a callback raised
     STOP = "stop"  # a stop request
-    MOVE = "move"  # a move request (drain, admin move)
+    MOVE = "move"  # a move request (drain, admin move, rebalance)
+    IDLE = "idle"  # passivated after idle_timeout
     FENCED = "fenced"  # the node's lease ended: the node stops everything itself
 
 
@@ -183,6 +189,8 @@ class Activation:
         self.current = True  # False once the node retired it: timers and stray messages are dropped
         self.busy = False  # stopping or moving: reconcile and new requests leave it alone
         self.threads = 0  # plain ``def`` callbacks of this activation still running in worker threads
+        self.last_active = time.monotonic()  # when it last handled a message (idle passivation)
+        self.timers = 0  # send_after() timers not fired yet: an activation waiting for one is not idle
         self._kill_reason = "shutdown"
         self._terminate_until: float | None = None  # None: terminate may run its full shutdown_timeout
         self._quiet: asyncio.Future | None = None
@@ -305,6 +313,9 @@ class Activation:
                 if ended.kind is EndKind.MOVE:
                     await self._move(inst, ended.request)
                     return
+                if ended.kind is EndKind.IDLE:
+                    await self._passivate(inst, ended.request)
+                    return
                 await self._terminate(inst, ended.reason)
                 if ended.kind is EndKind.STOP:
                     await self._stop(ended.request)
@@ -415,6 +426,13 @@ class Activation:
                 return Ended(EndKind.STOP, "shutdown", request=item)
             elif isinstance(item, MoveRequest):
                 return Ended(EndKind.MOVE, "handoff", request=item)
+            elif isinstance(item, PassivateRequest):
+                if self.timers or not mailbox.empty() or inst._exit_reason is not None:
+                    await self._answer(item, False)  # it got work since it was found idle
+                    self.busy = False
+                    continue
+                return Ended(EndKind.IDLE, "idle", request=item)
+            self.last_active = time.monotonic()
 
     # ------------------------------------------------------------ endings
 
@@ -433,17 +451,7 @@ class Activation:
         assert isinstance(request, MoveRequest)
         host = self.host
         target = request.target
-        state = None
-        if _overrides(inst, "begin_handoff"):
-            try:
-                state = await self._invoke(inst.begin_handoff)
-                wire.check_data(state, "handoff state", host.hs.MAX_MESSAGE_BYTES)
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                logger.exception("processhub: begin_handoff of %s %r failed; moving cold", self.label,
-                                 self.process_id)
-                state = None
+        state = await self._handoff_state(inst)
         await self._terminate(inst, "handoff")
         if target is None and self.restart == "temporary":
             moved = await self._write(store.finish, self.row_id, self.node_id, self.epoch, STOPPED, "node shut down")
@@ -454,6 +462,30 @@ class Activation:
             await host.moved(self, target, moved)
         await self._answer(request, bool(moved))
         self._fail_waiters(wire.E_NOT_HERE, "moved")
+
+    async def _passivate(self, inst: HordeProcess, request: Request | None) -> None:
+        """Deactivate: ``begin_handoff()`` state into the row, ``terminate("idle")``, status idle (still desired:
+        the next call, cast or start activates it again, wherever placement says, with that state)."""
+        state = await self._handoff_state(inst)
+        await self._terminate(inst, "idle")
+        done = await self._write(store.passivate, self.row_id, self.node_id, self.epoch, state)
+        self.host.retire(self, "idle")
+        await self._answer(request, bool(done))
+        self._fail_waiters(wire.E_NOT_HERE, "passivated")
+
+    async def _handoff_state(self, inst: HordeProcess) -> Any:
+        if not _overrides(inst, "begin_handoff"):
+            return None
+        try:
+            state = await self._invoke(inst.begin_handoff)
+            wire.check_data(state, "handoff state", self.host.hs.MAX_MESSAGE_BYTES)
+            return state
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            logger.exception("processhub: begin_handoff of %s %r failed; its state is not kept", self.label,
+                             self.process_id)
+            return None
 
     async def _terminate(self, inst: HordeProcess, reason: str) -> None:
         budget = self._shutdown_timeout()
@@ -573,14 +605,9 @@ class Activation:
 
     # ------------------------------------------------------------ for HordeProcess
 
-    def timer(self, seconds: float, message: Any, epoch: int) -> asyncio.TimerHandle:
+    def timer(self, seconds: float, message: Any, epoch: int) -> Timer:
         """Deliver ``message`` to handle_info() of the instance of ``epoch`` after ``seconds`` (loop thread)."""
-
-        def fire() -> None:
-            if self.current and self.epoch == epoch:
-                self.post(Info(message, epoch))
-
-        return asyncio.get_running_loop().call_later(seconds, fire)
+        return Timer(self, seconds, message, epoch)
 
     async def annotate(self, epoch: int, tags: tuple[str, ...] | None = None, metadata: dict | None = None,
                        groups: tuple[str, ...] | None = None) -> None:
@@ -600,6 +627,34 @@ class Activation:
     def fence_token(self, epoch: int) -> store.FenceToken:
         return store.FenceToken(self.label, self.process_id, self.node_id, epoch, self.host.lease_valid,
                                 self.host.hs.NODE_TTL)
+
+
+class Timer:
+    """A pending ``send_after``: ``cancel()`` takes the message back. While one is pending the activation is
+    not idle (it expects to do something then)."""
+
+    __slots__ = ("_activation", "_handle", "_message", "_epoch")
+
+    def __init__(self, activation: Activation, seconds: float, message: Any, epoch: int) -> None:
+        self._activation, self._message, self._epoch = activation, message, epoch
+        activation.timers += 1
+        self._handle: asyncio.TimerHandle | None = asyncio.get_running_loop().call_later(seconds, self._fire)
+
+    def _fire(self) -> None:
+        self._handle = None
+        act = self._activation
+        act.timers -= 1
+        if act.current and act.epoch == self._epoch:
+            act.post(Info(self._message, self._epoch))
+
+    def cancel(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+            self._activation.timers -= 1
+
+    def cancelled(self) -> bool:
+        return self._handle is None
 
 
 class Mailbox:

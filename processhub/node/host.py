@@ -35,6 +35,8 @@ class NodeParts(Protocol):
     starts: Any
     reconciler: Any
     handoff: Any
+    rebalancer: Any
+    passivator: Any
 
     def lease_valid(self) -> bool: ...
     def current(self, incarnation: str) -> bool: ...

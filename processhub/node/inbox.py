@@ -49,6 +49,7 @@ class Inbox:
             wire.DRAIN: self.on_drain,
             wire.UNDRAIN: self.on_undrain,
             wire.ACTIVATE: self.on_activate,
+            wire.REBALANCE: self.on_rebalance,
         }
 
     def receive(self, data: bytes) -> None:
@@ -202,6 +203,12 @@ class Inbox:
             await node.reply_error(reply_to, corr, wire.E_UNAVAILABLE, f"database: {type(exc).__name__}")
             return
         await node.reply(reply_to, corr, {"ok": True, "n": count})
+
+    def on_rebalance(self, env: dict, key: Key) -> None:
+        self.node.rebalancer.ask()
+        self.node.reconciler.wake()
+        if env.get("r"):
+            self._spawn(self.node.reply(env.get("r"), env.get("id"), {"ok": True}))
 
     def on_activate(self, env: dict, key: Key) -> None:
         ids = env.get("ids")

@@ -9,7 +9,9 @@ each swappable as a class attribute (as channels' ``runworker`` has
 * ``inbox_class`` (inbox.py): decoding and dispatching what arrives;
 * ``starter_class`` (starts.py): group-committed starts;
 * ``reconciler_class`` (reconcile.py): orphans, own rows, hints;
-* ``handoff_class`` (handoff.py): drain, undrain, moves.
+* ``handoff_class`` (handoff.py): drain, undrain, moves;
+* ``rebalancer_class`` (rebalance.py): moves to where placement puts processes now;
+* ``passivator_class`` (passivation.py): idle activations deactivated.
 
 It is also the ``ActivationHost`` its activations see. It never starts an id
 while an older activation of that id still runs user code in this OS process
@@ -36,6 +38,8 @@ from .clock import Clock
 from .handoff import Handoff
 from .inbox import Inbox
 from .lease import LeaseKeeper
+from .passivation import Passivator
+from .rebalance import Rebalancer
 from .reconcile import Reconciler
 from .starts import StartBatcher
 from .writes import WriteTracker
@@ -54,6 +58,8 @@ class Node:
     starter_class = StartBatcher
     reconciler_class = Reconciler
     handoff_class = Handoff
+    rebalancer_class = Rebalancer
+    passivator_class = Passivator
     clock_class = Clock
 
     # A node that finds its lease ended while user code it cannot stop still runs ends its OS
@@ -81,6 +87,8 @@ class Node:
         self.starts = self.starter_class(self)
         self.reconciler = self.reconciler_class(self)
         self.handoff = self.handoff_class(self)
+        self.rebalancer = self.rebalancer_class(self)
+        self.passivator = self.passivator_class(self)
         metrics.instrument(self)
 
     # ------------------------------------------------------------ lifecycle
@@ -90,7 +98,7 @@ class Node:
         self.rt.node = self
         self._lease_tasks = [asyncio.create_task(c) for c in (self.lease.heartbeat_loop(), self.lease.watchdog_loop())]
         self._work_tasks = [asyncio.create_task(c) for c in (self.reconciler.loop(), self.reconciler.hint_loop(),
-                                                             self.starts.loop())]
+                                                             self.starts.loop(), self.passivator.loop())]
 
     async def drain(self) -> None:
         """SIGTERM: hand every process to the other live nodes, stop the rest, leave (clean shutdown)."""

@@ -119,6 +119,8 @@ class Reconciler:
             self._full_due = False
         if node.handoff.draining:
             node.handoff.continue_drain()
+        else:
+            node.rebalancer.step(now, live)
 
     async def hint_loop(self) -> None:
         """Activate rows other nodes moved here, read back from the database (the hint only says which)."""

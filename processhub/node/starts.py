@@ -18,7 +18,7 @@ from django.db import DatabaseError
 
 from .. import classes, store, wire
 from ..exceptions import InvalidArgument, InvalidMessage
-from ..values import IDLE, ProcessRef, Row, StartSpec
+from ..values import IDLE, RUNNING, ProcessRef, Row, StartSpec
 from . import decisions
 from .activation import Activation, Origin
 from .host import NodeParts
@@ -87,19 +87,20 @@ class StartBatcher:
         token = env.get("tk")
         if token is not None and (not isinstance(token, str) or len(token) > 32):
             raise InvalidMessage("'tk' must be a short string")
-        return StartSpec(arg, str(cls.restart), tags, metadata, env.get("g") is True, token)
+        return StartSpec(arg, str(cls.restart), tags, metadata, env.get("g") is True, token, env.get("ro") is True)
 
     async def start(self, key: Key, spec: StartSpec) -> dict:
         """Start (or join) ``key`` here; the reply envelope for the caller."""
         node = self.node
         cls = classes.get(key[0])
         arg = spec.arg
-        try:
-            pid = cls.process_id(arg)
-        except Exception as exc:
-            raise InvalidMessage(f"{key[0]}.process_id() raised {exc!r}") from None
-        if pid != key[1]:
-            raise InvalidMessage(f"process id {key[1]!r} does not match process_id(arg) = {pid!r}")
+        if not spec.reactivate_only:  # a reactivation uses the stored argument
+            try:
+                pid = cls.process_id(arg)
+            except Exception as exc:
+                raise InvalidMessage(f"{key[0]}.process_id() raised {exc!r}") from None
+            if pid != key[1]:
+                raise InvalidMessage(f"process id {key[1]!r} does not match process_id(arg) = {pid!r}")
         for _ in range(START_ROUNDS):
             # Checked every round: a drain may begin while this start waits for its batch.
             refusal = node.handoff.refuses(key[0])
@@ -179,7 +180,7 @@ class StartBatcher:
                 self._settle(p, Outcome.error(wire.E_FENCED, "node has no valid lease"))
             return
         incarnation = node.id
-        items = [(p.key[0], p.key[1], p.spec) for p in batch]
+        items = [(p.key[0], p.key[1], p.spec) for p in batch if not p.spec.reactivate_only]
         inserted = await node.write(store.insert_new, incarnation, items, keys=[p.key for p in batch]) or {}
         existing: list[_Pending] = []
         for p in batch:
@@ -229,6 +230,8 @@ class StartBatcher:
         if isinstance(looked_up, DatabaseError):
             return Outcome.error(wire.E_UNAVAILABLE, f"database: {type(looked_up).__name__}")
         found = looked_up.get(key)
+        if spec.reactivate_only and (found is None or found.status not in (RUNNING, IDLE)):
+            return Outcome.error(wire.E_NOT_RUNNING, f"{key[0]} {key[1]!r} is not running")
         if found is None:
             return RETRY  # vanished between the insert and the read: decide again
         incarnation = node.id

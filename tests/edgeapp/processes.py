@@ -169,3 +169,31 @@ class Member(HordeProcess):
 
     async def handle_cast(self, message):
         self.got.append(message)
+
+
+class Idler(HordeProcess):
+    """Passivated after half a second without messages; keeps its count through passivation (handoff)."""
+
+    idle_timeout = 0.5
+
+    async def init(self, arg):
+        self.arg = arg
+        self.count = 0
+        self.restored = False
+
+    async def begin_handoff(self):
+        return {"count": self.count}
+
+    async def end_handoff(self, state):
+        self.count = state["count"]
+        self.restored = True
+
+    async def handle_call(self, message):
+        if message.get("op") == "timer":
+            self.send_after(float(message["s"]), "tick")
+        self.count += 1
+        return {"arg": self.arg, "count": self.count, "epoch": self.epoch, "node": self.node,
+                "restored": self.restored}
+
+    async def handle_info(self, message):
+        pass

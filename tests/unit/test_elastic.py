@@ -1,0 +1,83 @@
+"""Elastic cluster, pure parts and the embedded node: idle passivation and revival, rebalancing decisions."""
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from processhub import hub
+from processhub.exceptions import ProcessNotRunning
+from processhub.models import Process, ProcessStatus
+from processhub.node.passivation import is_idle
+from processhub.node.rebalance import Placed, TokenBucket, misplaced
+from processhub.placement import choose_node
+from processhub.values import NodeInfo
+from tests.cluster.harness import wait_for
+from tests.edgeapp.processes import Idler
+
+
+@pytest.mark.parametrize("last, timers, queued, busy, timeout, now, expected", [
+    (0.0, 0, False, False, 10.0, 10.0, True),  # idle for exactly its timeout
+    (0.0, 0, False, False, 10.0, 9.9, False),  # not yet
+    (0.0, 1, False, False, 10.0, 99.0, False),  # a timer will fire: it expects to work
+    (0.0, 0, True, False, 10.0, 99.0, False),  # messages are waiting
+    (0.0, 0, False, True, 10.0, 99.0, False),  # stopping or moving already
+    (0.0, 0, False, False, None, 99.0, False),  # no idle_timeout: never
+])
+def test_is_idle(last, timers, queued, busy, timeout, now, expected):
+    assert is_idle(last, timers, queued, busy, timeout, now) is expected
+
+
+def nodes(*names, status="up"):
+    return [NodeInfo(f"id-{n}", n, f"ch-{n}", frozenset({"a.X"}), status) for n in names]
+
+
+def test_misplaced_moves_only_what_placement_puts_elsewhere():
+    live = nodes("a", "b", "c")
+    keys = [("a.X", f"p{i}") for i in range(60)]
+    here = [Placed(k, guided=False, busy=False) for k in keys]
+    plan = misplaced(here, live, "id-a", None)
+    assert plan and all(t.id == choose_node(k[0], k[1], live).id != "id-a" for k, t in plan)
+    assert len(plan) == sum(1 for k in keys if choose_node(k[0], k[1], live).id != "id-a")
+    guided = [Placed(k, guided=True, busy=False) for k in keys]
+    busy = [Placed(k, guided=False, busy=True) for k in keys]
+    assert misplaced(guided, live, "id-a", None) == [] and misplaced(busy, live, "id-a", None) == []
+    assert misplaced(here, nodes("a"), "id-a", None) == []  # alone: nowhere to go
+    # A drained node is not a target; a node without the class is not either.
+    drained = nodes("a") + nodes("b", status="draining")
+    assert misplaced(here, drained, "id-a", None) == []
+    classless = nodes("a") + [NodeInfo("id-z", "z", "ch-z", frozenset(), "up")]
+    assert misplaced(here, classless, "id-a", None) == []
+
+
+def test_token_bucket_bounds_the_rate():
+    bucket = TokenBucket(10.0, 5.0, now=0.0)
+    bucket.refill(0.1)
+    assert [bucket.take() for _ in range(2)] == [True, False]
+    bucket.refill(10.0)  # a long pause saves up at most the burst
+    assert sum(bucket.take() for _ in range(100)) == 5
+
+
+def test_an_idle_process_is_passivated_and_revived_with_its_state(embedded):
+    first = Idler.call("idle1", {})
+    assert first["count"] == 1
+    row = wait_for(lambda: Process.objects.filter(label=Idler.label, process_id="idle1",
+                                                  status=ProcessStatus.IDLE).first(), 10, "passivation")
+    assert row.node_id is None and row.handoff == {"count": 1}
+    assert Idler.fetch("idle1") is None
+    assert [r.process_id for r in hub.process_list(label=Idler.label, status="idle")] == ["idle1"]
+    again = Idler.call("idle1", {})  # the next message activates it again, with its state
+    assert again == {"arg": "idle1", "count": 2, "epoch": first["epoch"] + 1, "node": "embedded", "restored": True}
+    wait_for(lambda: Process.objects.filter(label=Idler.label, status=ProcessStatus.IDLE).exists(), 10,
+             "passivation again")
+    assert Idler.call("idle1", {}, start=False)["count"] == 3  # start=False wakes a passivated process too
+    with pytest.raises(ProcessNotRunning):
+        Idler.call("never-started", {}, start=False)
+
+
+def test_a_pending_timer_keeps_a_process_awake(embedded):
+    Idler.call("sleepy", {"op": "timer", "s": 1.5})
+    time.sleep(1.0)  # twice its idle_timeout, but a timer is pending
+    assert Process.objects.get(label=Idler.label, process_id="sleepy").status == ProcessStatus.RUNNING
+    wait_for(lambda: Process.objects.get(label=Idler.label, process_id="sleepy").status == ProcessStatus.IDLE, 10,
+             "passivation once the timer fired")
