@@ -780,7 +780,10 @@ class Client:
                 # wait_max bounds waiting on one owner; a new owner or epoch (a move in
                 # progress, a drain) is progress and starts the count again.
                 owner = (ref.node_id, ref.epoch)
-                not_here = not_here + 1 if owner == last_owner else 1
+                if reply.get("moving"):
+                    not_here = 0  # a move (a drain, a rebalance) is under way: its end is progress, wait for it
+                else:
+                    not_here = not_here + 1 if owner == last_owner else 1
                 last_owner = owner
                 if reply.get("err") == wire.E_NOT_HERE and not_here > wait_max + 1:
                     raise ProcessUnavailable(f"{key[0]} {key[1]!r} did not become reachable after {wait_max} waits")

@@ -227,8 +227,11 @@ class Inbox:
             return act
         reply_to = env.get("r")
         if reply_to:
-            self._spawn(node.reply_error(reply_to, env.get("id"), wire.E_NOT_HERE,
-                                         f"{key[0]} {key[1]!r} is not running on {node.name}"))
+            data: dict[str, Any] = {"ok": False, "err": wire.E_NOT_HERE,
+                                    "msg": f"{key[0]} {key[1]!r} is not running on {node.name}"}
+            if act is not None:
+                data["moving"] = True  # stopping, moving or passivating: the caller waits (bounded by its timeout)
+            self._spawn(node.reply(reply_to, env.get("id"), data))
         else:
             logger.debug("processhub: %s to %s %r dropped: not running on %s", env.get("t"), key[0], key[1],
                          node.name)

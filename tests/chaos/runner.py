@@ -127,6 +127,10 @@ class Run:
     args: argparse.Namespace
     faults: list[Fault] = field(default_factory=list)
     started: float = 0.0
+    # --scenario rolling: seconds until every node held within 15 % of the mean after the last restart
+    # (None: not within 30 s), and the worst deviation from the mean then.
+    balanced_after: float | None = None
+    worst_deviation: float | None = None
 
 
 class Runner:
@@ -138,6 +142,8 @@ class Runner:
         self.schedule = FaultSchedule(random.Random(args.seed * 7919 + 1))
         self.ttl = args.ttl
         self.settings = timings(args.ttl)
+        if args.scenario == "rolling":
+            self.settings.update(REBALANCE="active", REBALANCE_RATE=args.rebalance_rate)
         log_dir = Path(args.log_dir or f"/tmp/processhub-chaos-{prefix}")
         # Recorders keep the events they could not write here (one file per node process): read by the verdict.
         os.environ["CHAOS_LOST_DIR"] = str(log_dir / "lost")
@@ -455,6 +461,42 @@ class Runner:
             quiet = self.rng.uniform(0.5, 1.5) * self.args.gap
             time.sleep(max(0.0, min(quiet, deadline - time.monotonic())))
 
+    def rolling(self) -> None:
+        """--scenario rolling: every node in turn drained with SIGTERM and started again under its name
+        (a rolling deploy), under the steady call load; then how long until the load is balanced again."""
+        c = self.cluster
+        self.run.started = time.time()
+        for name in self.names:
+            fault = Fault("rolling_term", name, time.time(), 0.0, incarnation=self.db_views()[0].get(name))
+            c.nodes[name].signal(signal.SIGTERM)
+            c.wait_exit(name, 120)
+            fault.end = time.time() + 1.0  # calls already sent to the draining node may time out
+            self.run.faults.append(fault)
+            c.start_node(name)
+            logger.info("rolling restart: %s is back", name)
+        back = time.monotonic()
+        while time.monotonic() - back < 30.0:
+            deviation = self.deviation()
+            if deviation is not None and deviation <= 0.15:
+                self.run.balanced_after = time.monotonic() - back
+                break
+            time.sleep(0.5)
+        self.run.worst_deviation = self.deviation()
+
+    def deviation(self) -> float | None:
+        """The worst relative distance of a node's running processes from the mean, or None."""
+        from processhub.models import Process, ProcessStatus
+
+        live, _ = self.db_views()
+        if set(live) != set(self.names):
+            return None
+        counts = {nid: 0 for nid in live.values()}
+        for nid in Process.objects.filter(status=ProcessStatus.RUNNING, node_id__in=list(counts)).values_list(
+                "node_id", flat=True):
+            counts[nid] += 1
+        mean = statistics.mean(counts.values())
+        return max(abs(n - mean) / mean for n in counts.values()) if mean else None
+
     def allowances(self) -> list:
         """The named late actions: a blocking step racing each paused node's exit right after SIGCONT."""
         from tests.chaos.recording import Allow
@@ -543,6 +585,15 @@ class Runner:
              else "n/a"),
             ("all processes running at the end", "yes" if settled else "NO"),
         ]
+        if self.args.scenario == "rolling":
+            rows[3:5] = [
+                ("scenario", f"rolling restart of {len(self.names)} nodes, REBALANCE active "
+                             f"({self.args.rebalance_rate:g} moves/s)"),
+                ("balanced within 15 % after the last restart",
+                 f"{self.run.balanced_after:.1f}s" if self.run.balanced_after is not None else "NO (not in 30 s)"),
+                ("worst deviation from the mean", "n/a" if self.run.worst_deviation is None
+                 else f"{self.run.worst_deviation:.1%}"),
+            ]
         width = max(len(k) for k, _ in rows)
         vwidth = max(len(str(v)) for _, v in rows)
         line = f"+-{'-' * width}-+-{'-' * vwidth}-+"
@@ -602,6 +653,10 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--blocking-share", type=float, default=0.03,
                    help="share of the processes that are BlockingRecorders (at least one per node)")
     p.add_argument("--step", type=float, default=0.05, help="seconds between two recorded steps of a blocking call")
+    p.add_argument("--scenario", choices=("faults", "rolling"), default="faults",
+                   help="faults: random faults until --duration; rolling: a rolling restart of every node with "
+                        "REBALANCE active, judged on balance (15 %% of the mean within 30 s) and calls (99.9 %%)")
+    p.add_argument("--rebalance-rate", type=float, default=200.0, help="REBALANCE_RATE of --scenario rolling")
     p.add_argument("--db-name", default="processhub_chaos", help="database to (re)create for the run")
     p.add_argument("--log-dir", default=None, help="node logs (default /tmp/processhub-chaos-<prefix>)")
     p.add_argument("-v", "--verbose", action="store_true", help="log the runner's progress")
@@ -648,6 +703,13 @@ def main(argv: list[str] | None = None) -> int:
     runner = Runner(args, database_url, redis_url, prefix)
     try:
         runner.boot()
+        if args.scenario == "rolling":
+            runner.rolling()
+            code = runner.finish()
+            balanced = runner.run.balanced_after is not None
+            stats_ok = runner.load is None or runner.load.stats.success_rate(
+                [(f.start, f.end) for f in runner.run.faults]) >= 0.999
+            return code or (0 if balanced and stats_ok else 1)
         runner.chaos()
         return runner.finish()
     except KeyboardInterrupt:
