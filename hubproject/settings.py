@@ -7,7 +7,7 @@ Two shapes, chosen by the environment:
 * ``DATABASE_URL`` (PostgreSQL) and ``REDIS_URL``: any number of ``runhub`` nodes.
   Then the defaults are production ones: ``DEBUG`` off, HTTPS only (redirect,
   secure cookies, HSTS), so that ``manage.py check --deploy`` passes once
-  ``DJANGO_SECRET_KEY`` and ``DJANGO_ALLOWED_HOSTS`` are set (issue 9).
+  ``DJANGO_SECRET_KEY`` and ``DJANGO_ALLOWED_HOSTS`` are set.
 
 ``DEBUG`` is on only in the embedded shape, or when ``DJANGO_DEBUG=1`` asks
 for it (``DJANGO_DEBUG=0`` turns it off in the embedded shape too).

@@ -35,7 +35,7 @@ DONE, SKIPPED, FAILED = "done", "skipped", "failed"
 
 # Actions run concurrently on the runtime loop, this many at a time.
 CONCURRENCY = 16
-# Larger selections run in the background: a request must not wait minutes for 1,000 restarts (issue 9).
+# Larger selections run in the background: a request must not wait minutes for 1,000 restarts.
 INLINE_MAX_ROWS = 20
 # Seconds between two progress writes of a background operation, and failure lines kept on its row.
 PROGRESS_EVERY = 0.5

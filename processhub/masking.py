@@ -1,4 +1,4 @@
-"""Hide credentials in URLs and free text before they reach logs, pages, ``hubstatus`` or metrics (issue 9).
+"""Hide credentials in URLs and free text before they reach logs, pages, ``hubstatus`` or metrics.
 
 A password is found where the URL parsers that consume it find it: the userinfo
 of ``scheme://user:password@host`` up to the last ``@`` of the authority (as

@@ -120,7 +120,7 @@ class NodeCollector:
 
 
 # The registry's counts are a GROUP BY over every process row: read at most this often per OS process, so
-# a scrape storm (several Prometheus replicas, a short scrape interval, a reload loop) costs no more (issue 9).
+# a scrape storm (several Prometheus replicas, a short scrape interval, a reload loop) costs no more.
 REGISTRY_COUNTS_TTL = 10.0
 _counts_lock = threading.Lock()
 _counts: tuple[float, list[tuple[str, str, str, int]], list[tuple[str, int]]] | None = None

@@ -33,7 +33,7 @@ def describe_error(request, exc: ProcessHubError) -> dict[str, str]:
     """The exception type and a generic sentence for visitors; its text and remote traceback for staff.
 
     A remote traceback or a connection error can name code, data or hosts that
-    visitors have no business seeing (issue 9); staff see them with passwords masked.
+    visitors have no business seeing; staff see them with passwords masked.
     """
     if not request.user.is_staff:
         return {"type": type(exc).__name__, "message": GENERIC_ERROR, "traceback": ""}
