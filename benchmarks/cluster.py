@@ -115,7 +115,8 @@ class BenchCluster:
         # With REDIS_URL set, processhub.E004 refuses the demo's fallback key: one random key for the whole run.
         self.secret_key = os.environ.get("DJANGO_SECRET_KEY") or secrets.token_urlsafe(48)
 
-    def env(self) -> dict[str, str]:
+    def env(self, settings: dict | None = None) -> dict[str, str]:
+        """The environment of a node or client: the run's settings, then ``settings`` (one node's own) over them."""
         env = {k: v for k, v in os.environ.items() if not k.startswith("PROCESSHUB_")}
         env.update(
             DJANGO_SETTINGS_MODULE="benchmarks.settings",
@@ -126,7 +127,7 @@ class BenchCluster:
             DJANGO_SECRET_KEY=self.secret_key,
             PROCESSHUB_LOG_LEVEL=os.environ.get("PROCESSHUB_LOG_LEVEL", "WARNING"),
         )
-        for key, value in self.settings.items():
+        for key, value in {**self.settings, **(settings or {})}.items():
             env[f"PROCESSHUB_{key}"] = json.dumps(value)
         return env
 
@@ -138,10 +139,11 @@ class BenchCluster:
         if out.returncode != 0:
             raise BenchError(f"migrate failed:\n{out.stdout[-2000:]}\n{out.stderr[-2000:]}")
 
-    def spawn(self, name: str, argv: list[str], log: bool = True, **kw: Any) -> Child:
+    def spawn(self, name: str, argv: list[str], log: bool = True, settings: dict | None = None, **kw: Any) -> Child:
         path = self.log_dir / f"{name}.log" if log else None
-        out = path.open("wb") if path else subprocess.DEVNULL
-        popen = subprocess.Popen([sys.executable, *argv], cwd=ROOT, env=self.env(), stdout=kw.pop("stdout", out),
+        out = path.open("ab") if path else subprocess.DEVNULL  # a node restarted under its name keeps one log
+        popen = subprocess.Popen([sys.executable, *argv], cwd=ROOT, env=self.env(settings),
+                                 stdout=kw.pop("stdout", out),
                                  stderr=subprocess.STDOUT if path else subprocess.DEVNULL,
                                  preexec_fn=_die_with_parent, **kw)
         child = Child(name, popen, path)
@@ -157,8 +159,9 @@ class BenchCluster:
             raise BenchError(f"worker {name} did not start (said {line!r})")
         return child
 
-    def start_node(self, name: str) -> Child:
-        child = self.spawn(f"node-{name}", [str(ROOT / "manage.py"), "runhub", "--node", name])
+    def start_node(self, name: str, settings: dict | None = None) -> Child:
+        """A ``runhub --node name``; ``settings`` are PROCESSHUB settings of this node only (over the run's)."""
+        child = self.spawn(f"node-{name}", [str(ROOT / "manage.py"), "runhub", "--node", name], settings=settings)
         self.nodes[name] = child
         return child
 

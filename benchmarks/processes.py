@@ -1,4 +1,5 @@
-"""The process classes the benchmark starts: an echo with a cast counter, and a pusher for the fan-out figure."""
+"""The process classes the benchmark starts: an echo with a cast counter, two that passivate when idle, and a pusher
+for the fan-out figure."""
 import asyncio
 import time
 from typing import Any
@@ -23,6 +24,20 @@ class Bench(HordeProcess):
     async def handle_cast(self, message: Any) -> None:
         self.casts += 1
 
+
+class Sleepy(Bench):
+    """Passivated after two seconds without a message; the next call revives it (the reactivation figure).
+
+    Not shorter: every node scans all its activations every half of the shortest idle_timeout of the registered
+    classes, so 0.5 s would add a scan of each node's activations four times a second to every other figure.
+    """
+
+    idle_timeout = 2.0
+
+
+class Dozy(Bench):
+    """Passivated after its node's ``IDLE_TIMEOUT`` setting (the memory-after-passivation figure sets it on the one
+    node that runs these, long enough for all of them to be active at once)."""
 
 
 class Fanout(HordeProcess):

@@ -2,15 +2,21 @@
 
 The machine is shared and noisy, so every figure is measured in the same run as
 its yardstick (round trips are interleaved with theirs in several rounds) and
-compared as a ratio. Phases:
+compared as a ratio. Phases (``--only`` takes their names):
 
-0. design comparisons without a cluster: raw redis-py RPUSH/BLPOP, processhub's
+0. ``transports``: design comparisons without a cluster: raw redis-py RPUSH/BLPOP, processhub's
    RedisTransport, channels_redis RedisPubSubChannelLayer and RedisChannelLayer
    (one persistent loop; and a fresh ``async_to_sync`` per call), LPUSH rate;
-1. one node alone: RSS and idle CPU with 10,000 then 100,000 idle processes
-   (rows inserted in bulk and activated by the node's reconcile);
-2. three nodes: call/acall round trips, fetch, cast throughput, activation rate,
-   then failover of a fourth node owning 1,000 processes (SIGKILL).
+1. one node alone: ``idle``: RSS and idle CPU with 10,000 then 100,000 idle processes
+   (rows inserted in bulk and activated by the node's reconcile); ``passivation``: RSS
+   empty, with 100,000 processes of an idle_timeout class active, and after they passivated;
+2. three nodes: ``calls`` (call/acall round trips and the envelope signing cost per call),
+   ``fetch``, ``casts``, ``activation`` (single starts), ``start_many``, ``failover`` (a
+   fourth node owning 1,000 processes, SIGKILL), ``failover_scale`` (one owning 10,000),
+   ``reactivation`` (a call to a passivated process);
+3. ``listing``: ``hub.process_list(tag=...)`` over 1,000,000 rows (benchmarks/listing.py);
+4. ``rolling``: rolling restart of 5 actively rebalancing nodes under call load (benchmarks/rolling.py);
+5. ``fanout``: push fan-out to 1,000 WebSockets (benchmarks/fanout.py), last: it starts servers of its own.
 
 Nothing here asserts: ``tests/test_benchmarks_smoke.py`` runs ``--quick`` only
 to keep the script working.
@@ -49,12 +55,25 @@ class Sizes:
     casters: int = 4
     casts_each: int = 5000
     activations: int = 10_000
+    start_many: int = 10_000  # ids in one start_many() call
     failover: int = 1_000
+    failover_scale: int = 10_000  # rows owned by the node that is killed in the failover-at-scale figure
     idle_processes: int = 10_000
     memory_processes: int = 100_000
+    passivated: int = 100_000  # processes on the node whose memory is read before and after they passivate
+    passivation_hold: float = 25.0  # that node's IDLE_TIMEOUT: longer than activating them all takes
     idle_window: float = 30.0  # = FULL_RESYNC_INTERVAL, so one full resync falls in every window
     fetch_warm: int = 20_000
     fetch_cold: int = 2_000
+    signing_iterations: int = 20_000  # seal/open of each envelope per timing round
+    reactivations: int = 300  # idle processes revived by a call (each timed next to a warm call)
+    list_rows: int = 1_000_000
+    list_needles: int = 1_000  # of list_rows, those tagged "needle"
+    list_runs: int = 20
+    rolling_nodes: int = 5
+    rolling_processes: int = 5_000
+    rolling_settle: float = 30.0  # seconds after the last node is back until the balance is read
+    rolling_rate: float = 200.0  # calls per second of the steady load during the rolling restart
     concurrency: int = 500  # astart() in flight during the activation figure (split among the starters)
     starters: int = 1  # client OS processes that start the activations (1: this one)
     settings: dict = field(default_factory=dict)
@@ -62,8 +81,11 @@ class Sizes:
     @classmethod
     def quick(cls) -> Sizes:
         return cls(rounds=2, round_trips=40, design_round_trips=60, a2s_calls=2, casters=2, casts_each=100,
-                   activations=300, failover=40, idle_processes=300, memory_processes=1_000, idle_window=1.0,
-                   fetch_warm=300, fetch_cold=40, settings=dict(FAST))
+                   activations=300, start_many=300, failover=40, failover_scale=300, idle_processes=300,
+                   memory_processes=1_000, passivated=1_000, passivation_hold=3.0, idle_window=1.0, fetch_warm=300,
+                   fetch_cold=40, signing_iterations=2_000, reactivations=20, list_rows=20_000, list_needles=100,
+                   list_runs=5, rolling_nodes=3, rolling_processes=300, rolling_settle=5.0, rolling_rate=50.0,
+                   settings=dict(FAST))
 
 
 @dataclass
@@ -78,6 +100,8 @@ class Row:
     target: str = "-"
     ok: bool | None = None  # None: a figure without a target
     note: str = ""
+    yard_unit: str | None = None  # the yardstick's unit when it is not the figure's
+    ratio_unit: str = "x"  # "%": the ratio is shown as a percentage
 
 
 def pct(values: list[float], q: float) -> float:
@@ -90,8 +114,9 @@ def ms(seconds: float) -> float:
 
 
 class Benchmark:
-    def __init__(self, sizes: Sizes, log_dir: Path, progress: Callable[[str], None]) -> None:
+    def __init__(self, sizes: Sizes, log_dir: Path, progress: Callable[[str], None], quick: bool = False) -> None:
         self.sizes = sizes
+        self.quick = quick  # only the fan-out phase reads it (its sizes are its own: benchmarks/fanout.py)
         self.say = progress
         database_url = os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/processhub")
         if not database_url.startswith("postgres"):
@@ -273,8 +298,9 @@ class Benchmark:
 
     # ============================================================ phase 1: one node, idle processes
 
-    def insert_owned(self, node_id: str, start: int, stop: int) -> None:
-        """Rows [start, stop) owned by ``node_id`` at epoch 1, as a takeover would leave them."""
+    def insert_owned(self, node_id: str, start: int, stop: int, prefix: str = "mem-", label: str | None = None) -> int:
+        """Rows [start, stop) owned by ``node_id`` at epoch 1, as a takeover would leave them; returns the largest
+        row id before them (so ``id > that`` selects them)."""
         from django.db import connection
 
         from processhub.models import Process
@@ -282,13 +308,16 @@ class Benchmark:
         from .processes import Bench
 
         with connection.cursor() as cur:
+            cur.execute(f"SELECT coalesce(max(id), 0) FROM {Process._meta.db_table}")
+            before = cur.fetchone()[0]
             cur.execute(
                 f"INSERT INTO {Process._meta.db_table} (label, process_id, arg, node_id, epoch, status, restart, "
-                "restarts, last_error, started_at, updated_at, metadata) "
-                "SELECT %s, 'mem-' || g, to_jsonb('mem-' || g), %s, 1, 'running', 'permanent', 0, '', now(), now(), "
-                "'{}'::jsonb FROM generate_series(%s, %s) AS g",
-                [Bench.label, node_id, start, stop - 1],
+                "restarts, last_error, started_at, updated_at, metadata, tags, groups, guided) "
+                "SELECT %s, %s || g, to_jsonb(%s || g), %s, 1, 'running', 'permanent', 0, '', now(), now(), "
+                "'{}'::jsonb, '[]'::jsonb, '[]'::jsonb, false FROM generate_series(%s, %s) AS g",
+                [label or Bench.label, prefix, prefix, node_id, start, stop - 1],
             )
+        return before
 
     def slots_on(self, pid: str) -> int:
         from .processes import Bench
@@ -332,27 +361,115 @@ class Benchmark:
                      "B", target="<= 4 KiB", ok=per <= 4096,
                      note=f"RSS {base_rss / 2**20:.0f} MiB empty, {rss_idle / 2**20:.0f} MiB at "
                           f"{s.idle_processes:,}, {rss_full / 2**20:.0f} MiB at {s.memory_processes:,}"))
+        # Every node scans all its activations every half of the shortest idle_timeout of the registered
+        # classes (processhub/node/passivation.py), also when the ones it holds have none: say so.
+        from .processes import Sleepy
+
+        scan = (f"; benchmarks.Sleepy (idle_timeout {Sleepy.idle_timeout:g} s) is registered, so the passivation "
+                f"loop scans the activations every {min(10.0, max(0.2, Sleepy.idle_timeout / 2)):g} s")
         self.add(Row("idle_cpu", f"idle CPU of a node holding {s.idle_processes:,} processes", 100 * cpu_idle,
                      "% core", "same node empty", 100 * cpu_empty, None, "<= 2% of one core",
-                     100 * cpu_idle <= 2.0, note=f"{s.idle_window:.0f} s window"))
+                     100 * cpu_idle <= 2.0, note=f"{s.idle_window:.0f} s window{scan}"))
         self.add(Row("idle_cpu_big", f"idle CPU of a node holding {s.memory_processes:,} processes",
-                     100 * cpu_full, "% core", note=f"{s.idle_window:.0f} s window"))
+                     100 * cpu_full, "% core", note=f"{s.idle_window:.0f} s window{scan}"))
         self.add(Row("reconcile_activation", f"reconcile activating {s.memory_processes - s.idle_processes:,} rows "
                      "on one node", (s.memory_processes - s.idle_processes) / act_seconds, "/s",
                      note="rows inserted in bulk, found by the node's digest query"))
 
-        # Retire the node: kill it and mark its rows stopped, so no other node takes them over.
+        self.retire("m")
+
+    def retire(self, *names: str) -> None:
+        """Kill nodes and mark their rows stopped and them down, so no other node takes their processes over."""
         from django.db.models.functions import Now
 
         from processhub.models import Node, NodeStatus, Process, ProcessStatus
-
-        node.kill()
-        node.popen.wait(10)
-        Process.objects.filter(node_id=node_id).update(status=ProcessStatus.STOPPED, node=None)
-        Node.objects.filter(id=node_id).update(status=NodeStatus.DOWN, stopped_at=Now(), lease_expires_at=Now())
         from processhub.runtime import get_runtime
 
+        for name in names:
+            node = self.c.nodes.pop(name, None)
+            if node is not None:
+                node.kill()
+                node.popen.wait(10)
+        Process.objects.filter(node__name__in=names, status=ProcessStatus.RUNNING).update(
+            status=ProcessStatus.STOPPED, node=None)
+        Node.objects.filter(name__in=names).exclude(status=NodeStatus.DOWN).update(
+            status=NodeStatus.DOWN, stopped_at=Now(), lease_expires_at=Now())
         get_runtime().client.cache.clear()
+
+    def phase_passivation(self) -> None:
+        """One node alone: RSS empty, with every process of an idle_timeout class active, and after they passivated."""
+        from processhub.models import Node, NodeStatus, Process, ProcessStatus
+
+        from .processes import Dozy
+
+        s = self.sizes
+        n = s.passivated
+        self.say(f"phase 1: one node, {n:,} processes that passivate after {s.passivation_hold:.0f} s (memory)")
+        node = self.c.start_node("p", settings={"IDLE_TIMEOUT": s.passivation_hold})
+        node_id = self.c.wait_up("p")
+        time.sleep(1.0 + 2 * float(s.settings.get("RECONCILE_INTERVAL", 1.0)))  # let imports and pools settle
+        rss_empty = rss_bytes(node.pid)
+        first = self.insert_owned(node_id, 0, n, prefix="doze-", label=Dozy.label)
+        t0 = time.monotonic()
+        idle = Process.objects.filter(id__gt=first, status=ProcessStatus.IDLE)
+
+        def load() -> int:
+            return Node.objects.filter(id=node_id).values_list("load", flat=True).first() or 0
+
+        def lost() -> str | None:
+            """Why the node's incarnation ended (it fenced itself or exited), or None while it serves."""
+            if not node.alive():
+                return f"exited with status {node.popen.returncode}"
+            if Node.objects.filter(id=node_id).exclude(status=NodeStatus.UP).exists():
+                return "fenced (its incarnation is down)"
+            return None
+
+        def until(cond: Callable[[], Any], timeout: float, what: str) -> str | None:
+            """Wait for ``cond``; the reason instead if the node's incarnation ends first."""
+            deadline = time.monotonic() + timeout
+            while not cond():
+                if (why := lost()) is not None:
+                    return why
+                if time.monotonic() > deadline:
+                    raise BenchError(f"timed out after {timeout:.0f}s waiting for {what}")
+                time.sleep(0.2)
+            return None
+
+        # The node reports its activations with every heartbeat: wait until all run at once (or the first
+        # passivated, when activating them took longer than the hold), then read the RSS.
+        peak = 0
+
+        def all_active() -> bool:
+            nonlocal peak
+            peak = max(peak, load())
+            return peak >= n or idle.exists()
+
+        why = until(all_active, s.passivation_hold + 300, f"node p to activate {n:,} processes")
+        activated = time.monotonic() - t0
+        rss_full = rss_bytes(node.pid) if node.alive() else 0
+        t_first = time.monotonic()
+        why = why or until(idle.exists, s.passivation_hold + 60, "the first process to passivate")
+        t_first = time.monotonic() if why is None else t_first
+        why = why or until(lambda: idle.count() >= n, 900, f"all {n:,} processes to passivate")
+        passivated = time.monotonic() - t_first
+        why = why or until(lambda: load() == 0, 60, "node p to report no activations")
+        mib = 2 ** 20
+        if why is None:
+            time.sleep(3.0)  # the passivation loop trims freed memory on its first pass that finds nobody idle
+            rss_after = rss_bytes(node.pid)
+            outcome = f"{n:,} passivated in {passivated:.1f} s ({n / passivated:,.0f}/s)"
+        else:
+            rss_after = rss_bytes(node.pid) if node.alive() else rss_full
+            outcome = (f"the node's incarnation ended {passivated:.1f} s into the passivation, {why}, with "
+                       f"{idle.count():,} of {n:,} rows idle; the value is its RSS then")
+        self.add(Row("passivation_memory", f"RSS of a node after {n:,} processes passivated", rss_after / mib, "MiB",
+                     "same node empty", rss_empty / mib, rss_after / rss_empty, "<= 1.10x empty",
+                     why is None and rss_after <= 1.10 * rss_empty,
+                     note=f"RSS {rss_empty / mib:.1f} MiB empty, {rss_full / mib:.1f} MiB with {peak:,} active "
+                          f"(all active {activated:.1f} s after the insert), {rss_after / mib:.1f} MiB after; "
+                          f"{outcome}; IDLE_TIMEOUT {s.passivation_hold:.0f} s; the node keeps no per-process "
+                          "cache of idle rows"))
+        self.retire("p")
 
     # ============================================================ phase 2: three nodes
 
@@ -414,6 +531,19 @@ class Benchmark:
         add("acall_p50", "async acall() round trip p50 (caller's own loop)", foreign_a, 0.5, 1.5)
         add("acall_p99", "async acall() round trip p99 (caller's own loop)", foreign_a, 0.99, None)
         add("acall_hub_p50", "async acall() p50 on the hub's loop (inside a node)", hub_a, 0.5, None)
+
+        # The MAC on every envelope: timed in-process on the request and reply of real sync calls.
+        from . import signing
+
+        with signing.captured(rt.client.reply_channel) as seen:
+            self.sync_calls(pid, 20)
+        if {"request", "reply"} - set(seen):
+            raise BenchError(f"the sync calls sealed or opened no call envelope (saw {sorted(seen)})")
+        per_call, note = signing.cost(seen, s.signing_iterations)
+        p50 = statistics.median(sync)
+        self.add(Row("envelope_cost", "envelope signing per sync call() (seal + open, request and reply)",
+                     per_call * 1e6, "us", "sync call() p50", ms(p50), per_call / p50, "<= 5% of call p50",
+                     per_call / p50 <= 0.05, note=note, yard_unit="ms", ratio_unit="%"))
 
     def phase_fetch(self) -> None:
         import psycopg
@@ -504,14 +634,14 @@ class Benchmark:
             t0 = time.perf_counter()
             for i in range(0, n, batch):
                 rows = range(i, min(n, i + batch))
-                values = ",".join(["(%s, %s, %s::jsonb, 1, 'running', 'permanent', 0, '', now(), now(), '{}')"]
-                                  * len(rows))
+                values = ",".join(["(%s, %s, %s::jsonb, 1, 'running', 'permanent', 0, '', now(), now(), '{}', "
+                                   "'[]', '[]', false)"] * len(rows))
                 params: list[Any] = []
                 for j in rows:
                     params += ["benchmarks.Bench", f"ins-{j}", json.dumps(f"ins-{j}")]
                 conn.execute(
                     f"INSERT INTO bench_insert (label, process_id, arg, epoch, status, restart, restarts, "
-                    f"last_error, started_at, updated_at, metadata) VALUES {values} "
+                    f"last_error, started_at, updated_at, metadata, tags, groups, guided) VALUES {values} "
                     f"ON CONFLICT (label, process_id) DO NOTHING RETURNING id", params)
             return n / (time.perf_counter() - t0)
 
@@ -602,6 +732,33 @@ class Benchmark:
                           + f" = {total:.0f} us, so {os.cpu_count()} idle cores would allow at most "
                           f"{os.cpu_count() * 1e6 / total:,.0f}/s" if total else ""))
 
+    def phase_start_many(self) -> None:
+        from collections import Counter
+
+        from .processes import Bench
+
+        s = self.sizes
+        self.say(f"phase 2: start_many of {s.start_many:,} processes")
+        yard0 = self.bulk_insert_rate(s.start_many)
+        ids = [f"many-{i}" for i in range(s.start_many)]
+        cpu0 = self.cpu_by_role()
+        t0 = time.perf_counter()
+        result = Bench.start_many(ids, timeout=max(60.0, s.start_many / 100))
+        elapsed = time.perf_counter() - t0
+        cpu1 = self.cpu_by_role()
+        yard1 = self.bulk_insert_rate(s.start_many)
+        started = sum(1 for r in result.refs.values() if r.created)
+        rate, yard = started / elapsed, (yard0 + yard1) / 2
+        per = {k: (cpu1.get(k, 0.0) - cpu0.get(k, 0.0)) / max(1, started) * 1e6 for k in cpu1}
+        spread = dict(sorted(Counter(r.node for r in result.refs.values()).items()))
+        errors = dict(Counter(type(e).__name__ for e in result.errors.values()))
+        self.add(Row("start_many_rate", f"start_many(): {s.start_many:,} ids across 3 nodes (one call, one client)",
+                     rate, "/s", "bulk INSERT rate, same rows", yard, rate / yard, ">= 20,000/s and >= 0.5x",
+                     rate >= 20_000 and rate / yard >= 0.5,
+                     note=f"{elapsed:.2f} s; {started:,} created, errors {errors or 'none'}; per node {spread}; "
+                          "CPU per start: " + ", ".join(f"{k} {v:.0f} us" for k, v in per.items())
+                          + f" = {sum(per.values()):.0f} us"))
+
     def phase_failover(self) -> None:
         from processhub.exceptions import ProcessHubError
         from processhub.runtime import get_runtime
@@ -679,6 +836,131 @@ class Benchmark:
                      note=f"first answer after {first:.2f} s, median {statistics.median(times or [first]):.2f} s; "
                           f"last row re-claimed {claimed_s:.2f} s after the kill (database clock)"))
 
+    def phase_failover_scale(self) -> None:
+        import psycopg
+
+        from processhub.exceptions import ProcessHubError
+        from processhub.models import Node, Process
+        from processhub.runtime import get_runtime
+
+        from .processes import Bench
+
+        s = self.sizes
+        n = s.failover_scale
+        ri = float(s.settings.get("RECONCILE_INTERVAL", 1.0))
+        self.say(f"phase 2: failover of a node owning {n:,} processes (rows inserted, activated by its reconcile)")
+        victim = self.c.start_node("v")
+        victim_id = self.c.wait_up("v")
+        first = self.insert_owned(victim_id, 0, n, prefix="fs-")
+        wait_for(lambda: self.slots_on("fs-0") >= n, 120, f"node v to activate {n:,} processes", interval=0.5)
+        pt, nt = Process._meta.db_table, Node._meta.db_table
+        reowned_sql = (f"SELECT count(*), max(p.epoch) FROM {pt} AS p JOIN {nt} AS n ON n.id = p.node_id "
+                       f"WHERE p.id > %s AND p.status = 'running' AND p.epoch > 1 AND n.id <> %s "
+                       f"AND n.status <> 'down' AND n.lease_expires_at > now()")
+        budget = self.ttl + ri + 60
+        with psycopg.connect(self.c.database_url, autocommit=True) as conn:
+            db_kill = conn.execute("SELECT now()").fetchone()[0]
+            t_kill = time.perf_counter()
+            victim.kill(signal.SIGKILL)
+            polls = 0
+            while True:
+                got, epoch = conn.execute(reowned_sql, (first, victim_id)).fetchone()
+                polls += 1
+                if got >= n:
+                    break
+                if time.perf_counter() - t_kill > budget:
+                    raise BenchError(f"only {got:,} of {n:,} rows re-owned {budget:.0f} s after the kill")
+                time.sleep(0.02)
+            reowned = time.perf_counter() - t_kill
+            claimed = conn.execute(f"SELECT max(started_at) FROM {pt} WHERE id > %s", (first,)).fetchone()[0]
+            spread = dict(conn.execute(f"SELECT n.name, count(*) FROM {pt} AS p JOIN {nt} AS n ON n.id = p.node_id "
+                                       f"WHERE p.id > %s GROUP BY n.name ORDER BY n.name", (first,)).fetchall())
+        claimed_s = (claimed - db_kill).total_seconds()
+        pids = [f"fs-{i}" for i in range(n)]
+
+        async def answer_all() -> None:
+            pending = deque(pids)
+            deadline = time.monotonic() + budget
+
+            async def worker() -> None:
+                while pending:
+                    pid = pending.popleft()
+                    try:
+                        if await Bench.acall(pid, {"op": "where"}, timeout=5.0) != "v":
+                            continue
+                    except ProcessHubError:
+                        pass
+                    if time.monotonic() > deadline:
+                        raise BenchError(f"{len(pending) + 1} processes still unreachable after {budget:.0f}s")
+                    pending.append(pid)
+
+            await asyncio.gather(*(worker() for _ in range(min(200, n))))
+
+        t_calls = time.perf_counter()
+        get_runtime().run_sync(answer_all(), timeout=budget + 30)
+        answered = time.perf_counter() - t_kill
+        calls = time.perf_counter() - t_calls
+        target = self.ttl + ri + 1.0
+        self.add(Row("failover_scale", f"failover: SIGKILL a node owning {n:,} processes, all rows re-owned",
+                     reowned, "s", "NODE_TTL", self.ttl, reowned / self.ttl, "<= NODE_TTL + RECONCILE_INTERVAL + 1 s",
+                     reowned <= target,
+                     note=f"target {target:.2f} s; database polled every 20 ms ({polls} polls): every row on a live "
+                          f"node at epoch {epoch}; last claim {claimed_s:.2f} s after the kill (database clock); "
+                          f"per node {spread}"))
+        self.add(Row("failover_scale_answer", f"failover: the last of those {n:,} answers a call", answered, "s",
+                     "NODE_TTL", self.ttl, answered / self.ttl,
+                     note=f"calls begin once every row is re-owned: {n:,} acall()s, 200 in flight, took {calls:.2f} s"))
+
+    def phase_reactivation(self) -> None:
+        from collections import Counter
+
+        from processhub.models import Process, ProcessStatus
+
+        from .processes import Bench, Sleepy
+
+        s = self.sizes
+        n = s.reactivations
+        self.say(f"phase 2: reactivation of {n:,} idle processes")
+        pids = [f"nap-{i}" for i in range(n)]
+        Bench.start("warm-0")
+        result = Sleepy.start_many(pids, timeout=60)
+        if result.errors:
+            raise BenchError(f"start_many of the Sleepy processes failed: {list(result.errors.values())[:3]}")
+        t_idle = time.monotonic()
+        idle = Process.objects.filter(label=Sleepy.label, process_id__startswith="nap-", status=ProcessStatus.IDLE)
+        wait_for(lambda: idle.count() >= n, 60, f"{n:,} Sleepy processes to passivate", interval=0.1)
+        waited = time.monotonic() - t_idle
+        self.sync_calls("warm-0", 50)
+        revive, warm, where = [], [], Counter()
+        for pid in pids:  # each revival next to a warm call, so both see the same machine
+            t0 = time.perf_counter()
+            where[Sleepy.call(pid, {"op": "where"}, timeout=10)] += 1
+            revive.append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            Bench.call("warm-0", 0)
+            warm.append(time.perf_counter() - t0)
+        r50, w50 = statistics.median(revive), statistics.median(warm)
+        # Where the time goes: once they are idle again, the same revival in steps (what a call does inside).
+        wait_for(lambda: idle.count() >= n, 60, f"{n:,} Sleepy processes to passivate again", interval=0.1)
+        steps: dict[str, list[float]] = {"fetch()": [], "start()": [], "then call()": []}
+        for pid in pids[: max(1, n // 3)]:
+            t0 = time.perf_counter()
+            if Sleepy.fetch(pid) is not None:
+                raise BenchError(f"an idle process ({pid}) was found running")
+            t1 = time.perf_counter()
+            Sleepy.start(pid, timeout=10)
+            t2 = time.perf_counter()
+            Sleepy.call(pid, 0)
+            t3 = time.perf_counter()
+            for k, v in zip(steps, (t1 - t0, t2 - t1, t3 - t2), strict=True):
+                steps[k].append(v)
+        self.add(Row("reactivation", f"reactivation: call() to an idle (passivated) process, p50 (n={n:,})", ms(r50),
+                     "ms", "warm call() p50", ms(w50), r50 / w50, "p50 <= 3x", r50 / w50 <= 3.0,
+                     note=f"p99 {ms(pct(revive, 0.99)):.3f} ms (warm p99 {ms(pct(warm, 0.99)):.3f} ms); idle_timeout "
+                          f"{Sleepy.idle_timeout} s, all rows idle {waited:.1f} s after start_many; revived on "
+                          f"{dict(sorted(where.items()))}; in steps (p50, n={len(steps['fetch()'])}): "
+                          + ", ".join(f"{k} {ms(statistics.median(v)):.2f} ms" for k, v in steps.items())))
+
     # ============================================================ all
 
     def run(self, only: set[str] | None = None) -> None:
@@ -691,25 +973,45 @@ class Benchmark:
             self.phase_transports()
         if "idle" in want:
             self.phase_idle_node()
-        if want & {"calls", "fetch", "casts", "activation", "failover"}:
+        if "passivation" in want:
+            self.phase_passivation()
+        if want & set(THREE_NODES):
             for name in ("a", "b", "c"):
                 self.c.start_node(name)
             for name in ("a", "b", "c"):
                 self.c.wait_up(name)
-        for name in ("calls", "fetch", "casts", "activation", "failover"):
+        for name in THREE_NODES:
             if name in want:
                 getattr(self, f"phase_{name}")()
+        if "listing" in want:
+            from . import listing
+
+            listing.run(self)
+        if "rolling" in want:
+            from . import rolling
+
+            rolling.run(self)
+        if "fanout" in want:  # last: it starts a node, two web servers and two client processes of its own
+            from . import fanout
+
+            for row in fanout.run(fanout.FanoutSizes.quick() if self.quick else fanout.FanoutSizes(), self.c,
+                                  self.say):
+                self.add(row)
         self._redis.rpush(self.raw_in, b"stop")
         self.meta.update(sizes={k: v for k, v in asdict(s).items() if k != "settings"},
                          settings={**{"NODE_TTL": self.ttl}, **s.settings}, cpus=os.cpu_count(),
                          load=os.getloadavg())
 
 
-PHASES = ["transports", "idle", "calls", "fetch", "casts", "activation", "failover"]
-ORDER = ["call_p50", "call_p99", "acall_p50", "acall_p99", "acall_hub_p50", "cast_rate", "activation_rate",
-         "failover", "memory_per_process", "idle_cpu", "fetch_warm", "fetch_cold", "idle_cpu_big",
-         "reconcile_activation", "design_transport", "design_legacy_transport", "design_pubsub_layer",
-         "design_core_layer", "design_pubsub_a2s", "design_core_a2s"]
+# Phases on the three nodes a, b, c, in this order.
+THREE_NODES = ["calls", "fetch", "casts", "activation", "start_many", "failover", "failover_scale", "reactivation"]
+PHASES = ["transports", "idle", "passivation", *THREE_NODES, "listing", "rolling", "fanout"]
+ORDER = ["call_p50", "call_p99", "acall_p50", "acall_p99", "acall_hub_p50", "envelope_cost", "cast_rate",
+         "activation_rate", "start_many_rate", "failover", "failover_scale", "failover_scale_answer", "reactivation",
+         "memory_per_process", "passivation_memory", "idle_cpu", "fetch_warm", "fetch_cold", "process_list_tag",
+         "rolling_balance", "rolling_success", "idle_cpu_big", "reconcile_activation", "design_transport",
+         "design_legacy_transport", "design_pubsub_layer", "design_core_layer", "design_pubsub_a2s",
+         "design_core_a2s", "fanout_p50", "fanout_p99", "fanout_rate"]
 
 
 def fmt(v: float | None, unit: str) -> str:
@@ -719,6 +1021,12 @@ def fmt(v: float | None, unit: str) -> str:
         return f"{v:,.0f} {unit}"
     if unit == "us":
         return f"{v:.1f} us"
+    if unit == "MiB":
+        return f"{v:.1f} MiB"
+    if unit == "%":
+        return f"{v:.2f}%"
+    if unit == "processes":
+        return f"{v:,.0f} processes"
     if unit == "ms":
         return f"{v:.3f} ms"
     if unit == "% core":
@@ -730,12 +1038,12 @@ def table(rows: list[Row]) -> str:
     head = ["figure", "value", "yardstick (same run)", "ratio", "target", "result"]
     body = []
     for r in rows:
-        yard = "-" if r.yard_value is None else f"{r.yardstick}: {fmt(r.yard_value, r.unit)}"
-        if r.key == "failover":
+        yard = "-" if r.yard_value is None else f"{r.yardstick}: {fmt(r.yard_value, r.yard_unit or r.unit)}"
+        if r.yardstick == "NODE_TTL" and r.yard_value is not None:
             yard = f"NODE_TTL: {r.yard_value:.1f} s"
+        ratio = "-" if r.ratio is None else (f"{r.ratio * 100:.1f}%" if r.ratio_unit == "%" else f"{r.ratio:.2f}x")
         result = "info" if r.ok is None else ("pass" if r.ok else "MISS")
-        body.append([r.figure, fmt(r.value, r.unit), yard, "-" if r.ratio is None else f"{r.ratio:.2f}x",
-                     r.target, result])
+        body.append([r.figure, fmt(r.value, r.unit), yard, ratio, r.target, result])
     widths = [max(len(x[i]) for x in [head, *body]) for i in range(len(head))]
 
     def line(cells: list[str]) -> str:
@@ -770,7 +1078,7 @@ def main(argv: list[str] | None = None) -> int:
     only = {x.strip() for x in ns.only.split(",") if x.strip()}
     if only - set(PHASES):
         p.error(f"unknown phase(s) {sorted(only - set(PHASES))}")
-    bench = Benchmark(sizes, log_dir, progress)
+    bench = Benchmark(sizes, log_dir, progress, quick=ns.quick)
     started = time.monotonic()
     try:
         bench.setup()

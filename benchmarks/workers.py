@@ -8,7 +8,10 @@ Roles:
 * ``layerecho core|pubsub CHANNEL``: a channels_redis layer with one persistent loop; echoes to ``msg["reply"]``;
 * ``caster PID N``: a processhub client (Django set up from the environment) that casts N messages to PID
   after printing ``ready`` and reading ``go`` on stdin, then prints ``done``;
-* ``starter FIRST COUNT CONCURRENCY``: likewise, ``astart()`` of act-FIRST ... with that many in flight.
+* ``starter FIRST COUNT CONCURRENCY``: likewise, ``astart()`` of act-FIRST ... with that many in flight;
+* ``caller PREFIX COUNT RATE THREADS``: likewise, a steady ``call()`` load on PREFIX0 ... PREFIX{COUNT-1}
+  (random ids, RATE calls/s in all, from THREADS threads) until ``stop`` on stdin, then prints one JSON
+  list of ``[start, end, error]`` per call (``time.monotonic()``, error None or the exception's name).
 
 Every role ends on a ``stop`` message or after ``--max-seconds``, whichever comes first.
 """
@@ -146,9 +149,58 @@ def starter(first: int, count: int, concurrency: int, max_seconds: float) -> Non
     print(f"done {time.perf_counter() - t0:.6f}", flush=True)
 
 
+def caller(prefix: str, count: int, rate: float, threads: int, max_seconds: float) -> None:
+    import json
+    import random
+    import threading
+
+    import django
+
+    django.setup()
+    from benchmarks.processes import Bench
+    from processhub.exceptions import ProcessHubError
+
+    Bench.call(f"{prefix}0", {"op": "stats"})  # runtime, reply subscription, live nodes
+    print("ready", flush=True)
+    if sys.stdin.readline().strip() != "go":
+        return
+    stop = threading.Event()
+    records: list[list] = []
+    gap = threads / rate
+
+    def load(seed: int) -> None:
+        rng = random.Random(seed)
+        due = time.monotonic()
+        while not stop.is_set():
+            t0 = time.monotonic()
+            try:
+                Bench.call(f"{prefix}{rng.randrange(count)}", 0)
+                error = None
+            except ProcessHubError as exc:
+                error = type(exc).__name__
+            records.append([t0, time.monotonic(), error])  # list.append is atomic under the GIL
+            due = max(due + gap, time.monotonic() - gap)  # a slow call is not made up for by a burst
+            stop.wait(max(0.0, due - time.monotonic()))
+
+    pool = [threading.Thread(target=load, args=(i,), daemon=True) for i in range(threads)]
+    for t in pool:
+        t.start()
+    timer = threading.Timer(max_seconds, stop.set)
+    timer.daemon = True
+    timer.start()
+    while not stop.is_set():
+        line = sys.stdin.readline()
+        if not line or line.strip() == "stop":
+            break
+    stop.set()
+    for t in pool:
+        t.join(30)
+    print(json.dumps(records), flush=True)
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m benchmarks.workers")
-    p.add_argument("role", choices=["rawecho", "transportecho", "layerecho", "caster", "starter"])
+    p.add_argument("role", choices=["rawecho", "transportecho", "layerecho", "caster", "starter", "caller"])
     p.add_argument("args", nargs="*")
     p.add_argument("--max-seconds", type=float, default=600.0)
     ns = p.parse_args(argv)
@@ -161,8 +213,10 @@ def main(argv: list[str] | None = None) -> None:
         asyncio.run(layerecho(ns.args[0], redis_url, ns.args[1], ns.max_seconds))
     elif ns.role == "caster":
         caster(ns.args[0], int(ns.args[1]), ns.max_seconds)
-    else:
+    elif ns.role == "starter":
         starter(int(ns.args[0]), int(ns.args[1]), int(ns.args[2]), ns.max_seconds)
+    else:
+        caller(ns.args[0], int(ns.args[1]), float(ns.args[2]), int(ns.args[3]), ns.max_seconds)
 
 
 if __name__ == "__main__":

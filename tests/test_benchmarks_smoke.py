@@ -21,7 +21,7 @@ def _run(*args: str) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PROCESSHUB_")}
     env.pop("DJANGO_SETTINGS_MODULE", None)
     return subprocess.run([sys.executable, "-m", "benchmarks", *args], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=240)
+                          text=True, timeout=420)
 
 
 @needs_services
@@ -41,6 +41,9 @@ def test_quick_run_reports_every_row_as_json_and_cleans_up():
         assert isinstance(row["value"], (int, float)) and row["value"] >= 0, (key, row)
         assert (row["ok"] is None) == (row["target"] == "-"), (key, row)  # pass/miss exactly where a target is
     assert report["meta"]["sizes"]["activations"] == Sizes.quick().activations
+    # The yardstick of a row is measured in the same run: where a row has one, it has a value.
+    for key, row in rows.items():
+        assert (row["yardstick"] == "-") == (row["yard_value"] is None), (key, row)
     # Nothing left behind: the per-run database is dropped.
     db = json.loads(out.stdout)["meta"]["database"]
     with psycopg.connect(with_database(os.environ["DATABASE_URL"], "postgres"), autocommit=True) as conn:
@@ -69,7 +72,11 @@ def test_table_marks_pass_miss_and_info():
 
     text = table([Row("a", "fast", 1.0, "ms", "raw", 2.0, 0.5, "<= 1x", True),
                   Row("b", "slow", 3.0, "ms", "raw", 1.0, 3.0, "<= 1x", False),
-                  Row("c", "plain", 7.0, "/s")])
-    body = text.splitlines()[2:5]
-    assert [line.rstrip(" |").rsplit("|", 1)[1].strip() for line in body] == ["pass", "MISS", "info"]
-    assert set(PHASES) >= {"calls", "failover"}
+                  Row("c", "plain", 7.0, "/s"),
+                  Row("d", "mac", 9.5, "us", "call p50", 0.31, 0.0306, "<= 5%", True, yard_unit="ms", ratio_unit="%")])
+    body = text.splitlines()[2:6]
+    assert [line.rstrip(" |").rsplit("|", 1)[1].strip() for line in body] == ["pass", "MISS", "info", "pass"]
+    cells = [c.strip() for c in body[3].strip(" |").split("|")]
+    assert cells[1:4] == ["9.5 us", "call p50: 0.310 ms", "3.1%"]
+    assert set(PHASES) >= {"calls", "failover", "failover_scale", "listing", "rolling", "fanout"}
+    assert PHASES[-1] == "fanout"  # it starts a node and web servers of its own: last
