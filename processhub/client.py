@@ -237,6 +237,15 @@ class Client:
             env = wire.loads(data, self.hs.MAX_MESSAGE_BYTES)
         except InvalidMessage:
             return
+        if env.get("e") == wire.EVENT_BATCH:
+            items = env.get("items")
+            for item in items if isinstance(items, list) else ():
+                if isinstance(item, dict) and item.get("e") in ("registered", "unregistered"):
+                    self._apply_event(item)
+        else:
+            self._apply_event(env)
+
+    def _apply_event(self, env: dict) -> None:
         kind = env.get("e")
         if kind in ("node_up", "node_down", "nodes_changed"):
             self.live_at = -1e9

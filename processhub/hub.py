@@ -62,21 +62,26 @@ class ProcessList:
         self.query = (label, tag, group, node, status)
 
     def page(self, limit: int = PAGE, after: ProcessRef | None = None) -> list[ProcessRef]:
+        return self._read(max(1, min(int(limit), 10 * PAGE)), after)
+
+    def _read(self, limit: int, after: ProcessRef | None) -> list[ProcessRef]:
         label, tag, group, node, status = self.query
         cursor = None if after is None else (after.label, after.process_id)
         try:
-            rows = store.process_page(label, tag, group, node, status, cursor, max(1, min(int(limit), 10 * PAGE)))
+            return store.process_refs_page(label, tag, group, node, status, cursor, limit)
         except DatabaseError as exc:
             raise DatabaseUnavailable(f"the registry database failed: {exc}") from exc
-        return [_ref(r) for r in rows]
 
     def __iter__(self) -> Iterator[ProcessRef]:
         after = None
         while True:
-            page = self.page(PAGE, after)
-            yield from page
-            if len(page) < PAGE:
+            # One row more than a page says whether there is a next one: a full last page costs no empty read.
+            page = self._read(PAGE + 1, after)
+            if len(page) <= PAGE:
+                yield from page
                 return
+            del page[PAGE:]
+            yield from page
             after = page[-1]
 
 

@@ -33,6 +33,8 @@ ADDRESSED = frozenset({START, CALL, CAST, STOP, MOVE})
 REPLY = "reply"
 # Registry hints on the events channel.
 EVENT = "event"
+# An event carrying others ("items": [event, ...]): the registered/unregistered events of one loop turn of a node.
+EVENT_BATCH = "batch"
 
 # Error codes carried in failed replies; the client maps each to an exception.
 E_CRASHED = "crashed"

@@ -51,6 +51,9 @@ logger = logging.getLogger(__name__)
 
 Key = tuple[str, str]
 
+# Registered/unregistered events per published batch (about 150 bytes each, far below MAX_MESSAGE_BYTES).
+EVENT_BATCH = 500
+
 
 class Node:
     lease_class = LeaseKeeper
@@ -80,6 +83,7 @@ class Node:
         self.writes = WriteTracker()
         self.stopped = asyncio.Event()
         self.listeners: list[Callable[..., None]] = [signals.dispatch]
+        self._announced: list[dict] = []
         self._lease_tasks: list[asyncio.Task] = []
         self._work_tasks: list[asyncio.Task] = []
         self.lease = self.lease_class(self)
@@ -200,9 +204,8 @@ class Node:
             del self.activations[activation.key]
         activation.current = False
         self._remember_until_quiet(activation)
-        self._spawn(self.event({"e": "unregistered", "l": activation.label, "p": activation.process_id,
-                                "n": self.name, "ni": activation.node_id, "epoch": activation.epoch,
-                                "reason": reason}))
+        self.announce({"e": "unregistered", "l": activation.label, "p": activation.process_id, "n": self.name,
+                       "ni": activation.node_id, "epoch": activation.epoch, "reason": reason})
         self.lifecycle("stopped", activation, reason=reason)
 
     def _remember_until_quiet(self, act: Activation) -> None:
@@ -274,6 +277,27 @@ class Node:
         except ProcessHubError as exc:
             logger.debug("processhub: event lost: %s", exc)
 
+    async def write_idle(self, activation: Activation, state: Any) -> bool:
+        """A passivated activation's row becomes idle (batched with the others of the moment)."""
+        return await self.passivator.write_idle(activation, state)
+
+    def announce(self, env: dict) -> None:
+        """A registered/unregistered event: those of one loop turn go out together, as one ``batch`` event.
+
+        A takeover, a drain or a mass passivation touches thousands of processes in a
+        few turns; one publish (and one task) per process cost more than the rest of
+        their activation.
+        """
+        self._announced.append(env)
+        if len(self._announced) == 1:
+            asyncio.get_running_loop().call_soon(self._flush_announced)
+
+    def _flush_announced(self) -> None:
+        items, self._announced = self._announced, []
+        for i in range(0, len(items), EVENT_BATCH):
+            chunk = items[i:i + EVENT_BATCH]
+            self._spawn(self.event(chunk[0] if len(chunk) == 1 else {"e": wire.EVENT_BATCH, "items": chunk}))
+
     async def moved(self, activation: Activation, target: NodeInfo, new_epoch: int) -> None:
         """A process moved to ``target``: tell it (it activates now instead of at its next reconcile)."""
         self.lifecycle("moved", activation, to_node=target.name, new_epoch=new_epoch)
@@ -288,9 +312,8 @@ class Node:
         if event == "started" and activation is not None:
             # Every client and node hears it (best effort): caches learn the new owner, receivers of
             # process_registered keep their local index.
-            self._spawn(self.event({"e": "registered", "l": activation.label, "p": activation.process_id,
-                                    "n": self.name, "ni": activation.node_id, "epoch": activation.epoch,
-                                    "c": activation.channel}))
+            self.announce({"e": "registered", "l": activation.label, "p": activation.process_id, "n": self.name,
+                           "ni": activation.node_id, "epoch": activation.epoch, "c": activation.channel})
         if activation is not None and logger.isEnabledFor(logging.INFO):
             logger.info("processhub: %s %s %r node=%s epoch=%s%s", event, activation.label, activation.process_id,
                         self.name, activation.epoch, "".join(f" {k}={v!r}" for k, v in extra.items()))

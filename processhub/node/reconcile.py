@@ -136,13 +136,13 @@ class Reconciler:
             if self._hinted:
                 self._hint_event.set()
             incarnation = node.id
-            read_at = node.writes.tick()
-            try:
-                rows = await node.rt.db(store.rows_owned, incarnation, ids)
-            except DatabaseError:
-                self.wake()  # the pass finds them
-                continue
-            written = node.writes.written_since(read_at)
+            with node.writes.reading() as read_at:
+                try:
+                    rows = await node.rt.db(store.rows_owned, incarnation, ids)
+                except DatabaseError:
+                    self.wake()  # the pass finds them
+                    continue
+                written = node.writes.written_since(read_at)
             if written is None or not node.current(incarnation):
                 self.wake()
                 continue
@@ -209,14 +209,13 @@ class Reconciler:
         if stop:
             await node.write(store.stop_orphans, [(r.id, r.epoch) for r in stop], owner, STOPPED,
                              "temporary process lost with its node", keys=[r.key for r in stop])
-        claimed: list[Row] = []
         size = node.hs.BATCH_SIZE
-        for i in range(0, len(claim), size):
-            chunk = claim[i:i + size]
-            if not node.current(incarnation):
-                break
-            claimed += await node.write(store.claim, incarnation, [(r.id, r.epoch) for r in chunk],
-                                        keys=[r.key for r in chunk]) or []
+        chunks = [claim[i:i + size] for i in range(0, len(claim), size)]
+        # The chunks go out together (the DB threads run them side by side): a takeover of 10,000 rows is
+        # a few round trips, not one per chunk, inside its budget. The rows are disjoint.
+        results = await asyncio.gather(*(node.write(store.claim, incarnation, [(r.id, r.epoch) for r in chunk],
+                                                    keys=[r.key for r in chunk]) for chunk in chunks))
+        claimed: list[Row] = [row for got in results for row in got or ()]
         if claimed:
             logger.info("processhub: node %s took over %d processes from %s", node.name, len(claimed),
                         owner or "no node")
@@ -262,17 +261,23 @@ class Reconciler:
         node = self.node
         writes = node.writes
         incarnation = node.id
-        read_at = writes.tick()
         if not full:
-            count, total = await node.rt.db(store.own_digest, incarnation)
-            acts = node.activations
-            if count == len(acts) and total == sum(a.epoch for a in acts.values()):
-                return False
-            if writes.written_since(read_at) != set():
-                # Our own writes raced the digest (a start burst): a mismatch says nothing, and a full
-                # read of every row here each pass made activation quadratic. Next pass.
-                return False
-            read_at = writes.tick()
+            with writes.reading() as read_at:
+                count, total = await node.rt.db(store.own_digest, incarnation)
+                acts = node.activations
+                if count == len(acts) and total == sum(a.epoch for a in acts.values()):
+                    return False
+                if writes.written_since(read_at) != set():
+                    # Our own writes raced the digest (a start burst): a mismatch says nothing, and a full
+                    # read of every row here each pass made activation quadratic. Next pass.
+                    return False
+        with writes.reading() as read_at:
+            return await self._sync_rows(read_at, incarnation)
+
+    async def _sync_rows(self, read_at: int, incarnation: str) -> bool:
+        """The full comparison, from a read of every row naming this node that began at ``read_at``."""
+        node = self.node
+        writes = node.writes
         rows = await node.rt.db(store.rows_for, incarnation)
         written = writes.written_since(read_at)
         if written is None or not node.current(incarnation):

@@ -168,6 +168,8 @@ class StartBatcher:
                     logger.exception("processhub: start batch failed on %s", self.node.name)
                     for p in batch:
                         self._settle(p, Outcome.error(wire.E_UNAVAILABLE, f"start failed: {exc}"))
+                # This frame would keep the last batch, and through its outcomes its activations, after they end.
+                batch = []
 
     async def step(self, batch: list[_Pending]) -> None:
         """One group commit: insert what is new, then decide each existing row on its own."""

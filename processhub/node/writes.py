@@ -3,15 +3,20 @@
 A reconcile reads the node's rows, then acts on the difference. A write of its
 own that overlapped the read (a start, a restart, a move) makes the read stale
 for that key, so the reconcile leaves the key for its next pass. The node keeps
-one sequence counter; a read notes it before it starts, every write bumps it when
-it ends, and ``written_since`` answers from the writes in flight and a bounded
-history of finished ones (older questions get ``None``: "unknown, look again").
+one sequence counter; a read notes it before it starts (``reading``), every write
+bumps it when it ends, and ``written_since`` answers from the writes in flight and
+the finished ones that a read still in flight may ask about. The rest is
+forgotten at once: a node that passivated 100,000 processes kept all their keys
+in the history, and with them the memory they were allocated in. A question
+nobody registered for, or older than the bounded history, gets ``None``
+("unknown, look again").
 """
 from __future__ import annotations
 
+import contextlib
 import itertools
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 Key = tuple[str, str]
 
@@ -28,11 +33,30 @@ class WriteTracker:
         self._done: deque[tuple[int, frozenset[Key] | None]] = deque()
         self._history = history
         self._forgotten = 0  # the newest sequence value dropped from the history
+        self._reads: set[int] = set()  # points of the reads in flight
 
     def tick(self) -> int:
-        """A new point in the sequence (a read about to start, an activation that begins)."""
+        """A new point in the sequence (an activation that begins; a read uses ``reading``)."""
         self.last = next(self._counter)
         return self.last
+
+    @contextlib.contextmanager
+    def reading(self) -> Iterator[int]:
+        """A read of the node's rows in flight: its point, for ``written_since`` until the block ends."""
+        point = self.tick()
+        self._reads.add(point)
+        try:
+            yield point
+        finally:
+            self._reads.discard(point)
+            self._prune()
+
+    def _prune(self) -> None:
+        """Forget the finished writes no read in flight can ask about (all of them while none is)."""
+        oldest = min(self._reads, default=self.last)
+        done = self._done
+        while done and done[0][0] <= oldest:
+            self._forgotten = done.popleft()[0]
 
     def begin(self, keys: Iterable[Key] | None) -> frozenset[Key] | None:
         """A write starts; ``keys`` None means it may touch any key. Returns the token for ``end``."""
@@ -57,6 +81,8 @@ class WriteTracker:
         self._done.append((self.tick(), token))
         if len(self._done) > self._history:
             self._forgotten = self._done.popleft()[0]
+        elif not self._reads:
+            self._prune()
 
     def written_since(self, point: int) -> set[Key] | None:
         """Keys written (or being written) after ``point``; None when that cannot be known."""
@@ -72,5 +98,6 @@ class WriteTracker:
         return out
 
     def size(self) -> int:
-        """Entries held (bounded: in-flight keys plus at most ``history`` finished writes)."""
+        """Entries held (bounded: in-flight keys plus at most ``history`` finished writes, none while no read
+        is in flight)."""
         return len(self._in_flight) + len(self._done)

@@ -1,19 +1,23 @@
 """Elastic cluster, pure parts and the embedded node: idle passivation and revival, rebalancing decisions."""
 from __future__ import annotations
 
+import gc
 import time
+import weakref
+from types import SimpleNamespace
 
 import pytest
 
 from processhub import hub
 from processhub.exceptions import ProcessNotRunning
 from processhub.models import Process, ProcessStatus
-from processhub.node.passivation import is_idle
+from processhub.node.passivation import Passivator, is_idle
 from processhub.node.rebalance import Placed, TokenBucket, misplaced
 from processhub.placement import choose_node
 from processhub.values import NodeInfo
 from tests.cluster.harness import wait_for
 from tests.edgeapp.processes import Idler
+from tests.hubtest.processes import Echo
 
 
 @pytest.mark.parametrize("last, timers, queued, busy, timeout, now, expected", [
@@ -26,6 +30,29 @@ from tests.edgeapp.processes import Idler
 ])
 def test_is_idle(last, timers, queued, busy, timeout, now, expected):
     assert is_idle(last, timers, queued, busy, timeout, now) is expected
+
+
+class _FakeActivation:
+    def __init__(self, cls, last_active):
+        self.cls, self.last_active, self.timers, self.busy, self.posted = cls, last_active, 0, False, []
+        self.mailbox = SimpleNamespace(empty=lambda: True)
+
+    def post(self, item):
+        self.posted.append(item)
+
+
+def test_a_pass_asks_a_bounded_number_and_says_more_are_due():
+    """100,000 processes idle at once are asked in slices (a loop turn each), not all in one turn: one turn of
+    100,000 begin_handoff/terminate calls kept heartbeats waiting until the node lost its lease."""
+    acts = {("x", str(i)): _FakeActivation(Idler, 0.0) for i in range(1200)}
+    acts[("x", "awake")] = _FakeActivation(Idler, 99.9)  # handled a message just now
+    node = SimpleNamespace(activations=acts, hs=SimpleNamespace(IDLE_TIMEOUT=None))
+    passivator = Passivator(node)
+    assert passivator.step(100.0, limit=500) == (500, True)
+    assert passivator.step(100.0, limit=500) == (500, True)
+    assert passivator.step(100.0, limit=500) == (200, False)
+    assert passivator.step(100.0, limit=500) == (0, False)  # asked ones are busy now
+    assert sum(len(a.posted) for a in acts.values()) == 1200 and not acts[("x", "awake")].posted
 
 
 def nodes(*names, status="up"):
@@ -81,3 +108,38 @@ def test_a_pending_timer_keeps_a_process_awake(embedded):
     assert Process.objects.get(label=Idler.label, process_id="sleepy").status == ProcessStatus.RUNNING
     wait_for(lambda: Process.objects.get(label=Idler.label, process_id="sleepy").status == ProcessStatus.IDLE, 10,
              "passivation once the timer fired")
+
+
+def test_many_processes_going_idle_at_once_all_passivate_and_the_node_keeps_its_lease(embedded):
+    node = embedded.node
+    incarnation = node.id
+    ids = [f"mass{i:04d}" for i in range(1500)]
+    assert not Idler.start_many(ids).errors
+    wait_for(lambda: Process.objects.filter(label=Idler.label, process_id__in=ids, status=ProcessStatus.IDLE).count()
+             == len(ids), 60, "every process to passivate", interval=0.2)
+    assert node.id == incarnation, "the node fenced while passivating"
+    wanted = set(ids)
+    wait_for(lambda: not any(k[0] == Idler.label and k[1] in wanted for k in list(node.activations)), 5,
+             "the node to forget the passivated activations")
+    assert Idler.call("mass0007", {})["restored"] is True
+
+
+def test_ended_activations_are_freed_without_the_cyclic_collector(embedded):
+    """A node with 100,000 passivated processes must not need a full collection to get their memory back:
+    an ended activation (passivated or stopped) leaves no reference cycle behind."""
+    node = embedded.node
+    Idler.call("freed-idle", {})
+    Echo.start("freed-stop")
+    refs = [weakref.ref(node.activations[(Idler.label, "freed-idle")]),
+            weakref.ref(node.activations[(Echo.label, "freed-stop")])]
+    instances = [weakref.ref(node.activations[(Idler.label, "freed-idle")].instance)]
+    gc.collect()
+    gc.disable()
+    try:
+        Echo.stop("freed-stop")
+        wait_for(lambda: Process.objects.filter(label=Idler.label, process_id="freed-idle",
+                                                status=ProcessStatus.IDLE).exists(), 10, "passivation")
+        wait_for(lambda: all(r() is None for r in refs + instances), 5,
+                 "the ended activations to be freed by reference counting")
+    finally:
+        gc.enable()

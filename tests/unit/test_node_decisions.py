@@ -116,26 +116,44 @@ def test_fake_clock():
 def test_write_tracker_answers_from_flight_and_history():
     w = WriteTracker(history=3)
     a, b = ("x", "a"), ("x", "b")
-    read_at = w.tick()
-    assert w.written_since(read_at) == set()
-    token = w.begin([a])
-    assert w.written_since(read_at) == {a}  # in flight
-    w.end(token)
-    assert w.written_since(read_at) == {a}  # finished after the read began
-    later = w.tick()
-    assert w.written_since(later) == set()
-    unknown = w.begin(None)
-    assert w.written_since(later) is None  # a write that may touch anything
-    w.end(unknown)
-    for _ in range(4):
-        w.end(w.begin([b]))
-    assert w.written_since(read_at) is None  # older than the history kept
-    assert w.size() <= 3
+    with w.reading() as read_at:
+        assert w.written_since(read_at) == set()
+        token = w.begin([a])
+        assert w.written_since(read_at) == {a}  # in flight
+        w.end(token)
+        assert w.written_since(read_at) == {a}  # finished after the read began
+        with w.reading() as later:
+            assert w.written_since(later) == set()
+            unknown = w.begin(None)
+            assert w.written_since(later) is None  # a write that may touch anything
+            w.end(unknown)
+        for _ in range(4):
+            w.end(w.begin([b]))
+        assert w.written_since(read_at) is None  # older than the history kept
+        assert w.size() <= 3
 
 
 def test_write_tracker_stays_bounded():
     w = WriteTracker(history=100)
-    for i in range(10_000):
-        w.end(w.begin([("x", str(i))]))
-    assert w.size() == 100
-    assert w.written_since(w.tick()) == set()
+    with w.reading():
+        for i in range(10_000):
+            w.end(w.begin([("x", str(i))]))
+        assert w.size() == 100
+    assert w.size() == 0  # no read in flight: nothing kept
+    with w.reading() as point:
+        assert w.written_since(point) == set()
+
+
+def test_write_tracker_forgets_what_no_read_in_flight_can_ask_about():
+    w = WriteTracker()
+    a, b = ("x", "a"), ("x", "b")
+    with w.reading() as first:
+        w.end(w.begin([a]))
+        with w.reading() as second:
+            w.end(w.begin([b]))
+        assert w.written_since(first) == {a, b}  # the second read's end keeps what the first may ask
+    assert w.size() == 0  # both ended: the keys are gone (their memory with them)
+    assert w.written_since(first) is None  # a read that ended gets "unknown", never a wrong "nothing"
+    assert w.written_since(second) is None
+    w.end(w.begin([a]))
+    assert w.size() == 0

@@ -147,3 +147,33 @@ def test_registered_and_unregistered_signals(embedded):
     finally:
         signals.process_registered.disconnect(on_registered)
         signals.process_unregistered.disconnect(on_unregistered)
+
+
+def test_signals_of_many_processes_come_in_batches_and_each_fires_once(embedded):
+    """A node sends the registered events of one loop turn as one batch event; receivers still get one signal
+    per process, each exactly once."""
+    ids = [f"batch{i:03d}" for i in range(120)]
+    registered: list[str] = []
+    unregistered: list[str] = []
+    lock = threading.Lock()
+
+    def on_registered(sender, process_id, **kw):
+        with lock:
+            registered.append(process_id)
+
+    def on_unregistered(sender, process_id, reason, **kw):
+        with lock:
+            unregistered.append(process_id)
+
+    signals.process_registered.connect(on_registered, weak=False)
+    signals.process_unregistered.connect(on_unregistered, weak=False)
+    try:
+        assert not Echo.start_many(ids).errors
+        wait_for(lambda: set(ids) <= set(registered), 5, "a registered signal for every process")
+        Echo.stop_many(ids)
+        wait_for(lambda: set(ids) <= set(unregistered), 5, "an unregistered signal for every process")
+        mine = [p for p in registered if p in set(ids)]
+        assert sorted(mine) == sorted(ids), "a process signalled twice"
+    finally:
+        signals.process_registered.disconnect(on_registered)
+        signals.process_unregistered.disconnect(on_unregistered)
