@@ -139,10 +139,11 @@ class BenchCluster:
         if out.returncode != 0:
             raise BenchError(f"migrate failed:\n{out.stdout[-2000:]}\n{out.stderr[-2000:]}")
 
-    def spawn(self, name: str, argv: list[str], log: bool = True, settings: dict | None = None, **kw: Any) -> Child:
+    def spawn(self, name: str, argv: list[str], log: bool = True, settings: dict | None = None,
+              environ: dict[str, str] | None = None, **kw: Any) -> Child:
         path = self.log_dir / f"{name}.log" if log else None
         out = path.open("ab") if path else subprocess.DEVNULL  # a node restarted under its name keeps one log
-        popen = subprocess.Popen([sys.executable, *argv], cwd=ROOT, env=self.env(settings),
+        popen = subprocess.Popen([sys.executable, *argv], cwd=ROOT, env={**self.env(settings), **(environ or {})},
                                  stdout=kw.pop("stdout", out),
                                  stderr=subprocess.STDOUT if path else subprocess.DEVNULL,
                                  preexec_fn=_die_with_parent, **kw)
@@ -159,9 +160,11 @@ class BenchCluster:
             raise BenchError(f"worker {name} did not start (said {line!r})")
         return child
 
-    def start_node(self, name: str, settings: dict | None = None) -> Child:
-        """A ``runhub --node name``; ``settings`` are PROCESSHUB settings of this node only (over the run's)."""
-        child = self.spawn(f"node-{name}", [str(ROOT / "manage.py"), "runhub", "--node", name], settings=settings)
+    def start_node(self, name: str, settings: dict | None = None, environ: dict[str, str] | None = None) -> Child:
+        """A ``runhub --node name``; ``settings`` are PROCESSHUB settings of this node only (over the run's),
+        ``environ`` other environment variables of its own (PYTHONMALLOC)."""
+        child = self.spawn(f"node-{name}", [str(ROOT / "manage.py"), "runhub", "--node", name], settings=settings,
+                           environ=environ)
         self.nodes[name] = child
         return child
 

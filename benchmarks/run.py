@@ -397,19 +397,26 @@ class Benchmark:
         get_runtime().client.cache.clear()
 
     def phase_passivation(self) -> None:
-        """One node alone: RSS empty, with every process of an idle_timeout class active, and after they passivated."""
+        """One node alone: RSS empty, with every process of an idle_timeout class active, and after they passivated;
+        once with CPython's allocator (the figure), once with PYTHONMALLOC=malloc (what the README suggests)."""
+        self.passivation_round("passivation_memory", "")
+        self.passivation_round("passivation_memory_malloc", "malloc")
+
+    def passivation_round(self, key: str, allocator: str) -> None:
         from processhub.models import Node, NodeStatus, Process, ProcessStatus
 
         from .processes import Dozy
 
         s = self.sizes
         n = s.passivated
-        self.say(f"phase 1: one node, {n:,} processes that passivate after {s.passivation_hold:.0f} s (memory)")
-        node = self.c.start_node("p", settings={"IDLE_TIMEOUT": s.passivation_hold})
+        how = f" with PYTHONMALLOC={allocator}" if allocator else ""
+        self.say(f"phase 1: one node{how}, {n:,} processes that passivate after {s.passivation_hold:.0f} s (memory)")
+        node = self.c.start_node("p", settings={"IDLE_TIMEOUT": s.passivation_hold},
+                                 environ={"PYTHONMALLOC": allocator} if allocator else None)
         node_id = self.c.wait_up("p")
         time.sleep(1.0 + 2 * float(s.settings.get("RECONCILE_INTERVAL", 1.0)))  # let imports and pools settle
         rss_empty = rss_bytes(node.pid)
-        first = self.insert_owned(node_id, 0, n, prefix="doze-", label=Dozy.label)
+        first = self.insert_owned(node_id, 0, n, prefix=f"doze{allocator}-", label=Dozy.label)
         t0 = time.monotonic()
         idle = Process.objects.filter(id__gt=first, status=ProcessStatus.IDLE)
 
@@ -462,9 +469,11 @@ class Benchmark:
             rss_after = rss_bytes(node.pid) if node.alive() else rss_full
             outcome = (f"the node's incarnation ended {passivated:.1f} s into the passivation, {why}, with "
                        f"{idle.count():,} of {n:,} rows idle; the value is its RSS then")
-        self.add(Row("passivation_memory", f"RSS of a node after {n:,} processes passivated", rss_after / mib, "MiB",
-                     "same node empty", rss_empty / mib, rss_after / rss_empty, "<= 1.10x empty",
-                     why is None and rss_after <= 1.10 * rss_empty,
+        first_row = not allocator
+        self.add(Row(key, f"RSS of a node after {n:,} processes passivated{how}", rss_after / mib, "MiB",
+                     "same node empty", rss_empty / mib, rss_after / rss_empty,
+                     "<= 1.10x empty" if first_row else "-",
+                     (why is None and rss_after <= 1.10 * rss_empty) if first_row else None,
                      note=f"RSS {rss_empty / mib:.1f} MiB empty, {rss_full / mib:.1f} MiB with {peak:,} active "
                           f"(all active {activated:.1f} s after the insert), {rss_after / mib:.1f} MiB after; "
                           f"{outcome}; IDLE_TIMEOUT {s.passivation_hold:.0f} s; the node keeps no per-process "
@@ -1008,7 +1017,8 @@ THREE_NODES = ["calls", "fetch", "casts", "activation", "start_many", "failover"
 PHASES = ["transports", "idle", "passivation", *THREE_NODES, "listing", "rolling", "fanout"]
 ORDER = ["call_p50", "call_p99", "acall_p50", "acall_p99", "acall_hub_p50", "envelope_cost", "cast_rate",
          "activation_rate", "start_many_rate", "failover", "failover_scale", "failover_scale_answer", "reactivation",
-         "memory_per_process", "passivation_memory", "idle_cpu", "fetch_warm", "fetch_cold", "process_list_tag",
+         "memory_per_process", "passivation_memory", "passivation_memory_malloc", "idle_cpu", "fetch_warm",
+         "fetch_cold", "process_list_tag",
          "rolling_balance", "rolling_success", "idle_cpu_big", "reconcile_activation", "design_transport",
          "design_legacy_transport", "design_pubsub_layer", "design_core_layer", "design_pubsub_a2s",
          "design_core_a2s", "fanout_p50", "fanout_p99", "fanout_rate"]
