@@ -339,6 +339,7 @@ class Activation:
 
     async def _fail_start(self, exc: Exception, error: str) -> None:
         """A caller's fresh start whose init raised: the row fails, the caller gets the error."""
+        self.busy = True
         await self._write(store.finish, self.row_id, self.node_id, self.epoch, FAILED, error)
         if not self.ready.done():
             self.ready.set_exception(_InitCrash(exc, error))
@@ -367,6 +368,9 @@ class Activation:
             if delay:
                 await asyncio.sleep(delay)
             return True
+        # Its end is final: from here a new message is answered "not here" (its caller looks again and finds the
+        # row stopped), not queued behind the end; what was queued already learns the end (_fail_waiters).
+        self.busy = True
         status = FAILED if action is decisions.ExitAction.FAIL else STOPPED
         error = ended.error
         if action is decisions.ExitAction.FAIL:
@@ -451,6 +455,7 @@ class Activation:
     # ------------------------------------------------------------ endings
 
     async def _stop(self, request: Request | None) -> None:
+        self.busy = True  # as at a final exit: a call sent after the stop's answer starts it again elsewhere
         done = await self._write(store.finish, self.row_id, self.node_id, self.epoch, STOPPED, "")
         await self._answer(request, bool(done))
         self._fail_waiters(wire.E_NOT_RUNNING, "stopped")

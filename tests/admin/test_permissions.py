@@ -76,7 +76,8 @@ def test_view_only_staff_sees_pages_but_cannot_act_or_see_arguments(client, rows
         ("stop_process", {"stop"}, set()),
         ("restart_process", {"restart"}, set()),
         ("move_process", {"move"}, set()),
-        ("drain_node", set(), {"drain"}),
+        # Undrain and a one-shot rebalance change where processes run as a drain does: one permission.
+        ("drain_node", set(), {"drain", "undrain", "rebalance"}),
         ("change_process", set(), set()),  # Django's change permission no longer acts
         ("view_process_arguments", set(), set()),
     ],
@@ -110,7 +111,7 @@ def test_superuser_sees_arguments_and_every_action(admin_client, rows):
     html = admin_client.get(reverse("admin:processhub_process_change", args=[p.pk])).content.decode()
     assert SECRET_ARG in html and SECRET_HANDOFF in html
     assert {"stop", "restart", "move"} <= action_choices(admin_client.get(PROCESSES))
-    assert action_choices(admin_client.get(NODES)) == {"drain"}
+    assert action_choices(admin_client.get(NODES)) == {"drain", "undrain", "rebalance"}
 
 
 def test_operators_follow_background_operations(client, rows):

@@ -152,3 +152,28 @@ def test_call_queued_behind_a_normal_exit_gets_process_not_running(embedded):
 
     asyncio.run(go())
     assert Process.objects.get(process_id="q1", label=Transient.label).status == ProcessStatus.STOPPED
+
+
+def test_a_call_sent_while_an_exit_is_written_starts_the_process_again(embedded, monkeypatch):
+    """Only what was queued before the end learns the end; a call sent after it starts the process again."""
+    import threading
+    import time
+
+    from processhub import store
+
+    Transient.call("x1", {})
+    writing = threading.Event()
+    finish = store.finish
+
+    def slow_finish(*args, **kwargs):
+        writing.set()
+        time.sleep(0.5)  # the exit's final write in progress: the window a caller's next message can land in
+        return finish(*args, **kwargs)
+
+    monkeypatch.setattr(store, "finish", slow_finish)
+    leaving = threading.Thread(target=Transient.call, args=("x1", {"op": "exit"}))
+    leaving.start()
+    assert writing.wait(5)
+    again = Transient.call("x1", {})
+    leaving.join(5)
+    assert again["n"] == 1 and again["epoch"] > 1, "a new instance answered"
