@@ -47,12 +47,23 @@ E_UNAVAILABLE = "unavailable"
 E_AT_CAPACITY = "at_capacity"  # this node runs MAX_PROCESSES_PER_NODE already; try another
 
 _encoder = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+# What ``_encoder.encode`` builds for every call (JSONEncoder.iterencode), built once: the C encoder with the
+# same options. Without circular-reference markers (a shared markers dict would be state shared between
+# threads): a cycle ends in RecursionError instead of ValueError, refused by check_data all the same.
+_c_make_encoder = getattr(json.encoder, "c_make_encoder", None)
+_c_encode = None if _c_make_encoder is None else _c_make_encoder(
+    None, _encoder.default, json.encoder.encode_basestring, None, ":", ",", False, False, False)
+_encode_str = json.encoder.encode_basestring
 
 
 def dumps(obj: Any) -> bytes:
     # A lone surrogate (valid in a Python str, and in JSON as an escape) cannot be UTF-8:
     # write it as its JSON escape, so it round-trips instead of failing the send.
-    return _encoder.encode(obj).encode("utf-8", "backslashreplace")
+    if _c_encode is None:
+        return _encoder.encode(obj).encode("utf-8", "backslashreplace")
+    if isinstance(obj, str):
+        return _encode_str(obj).encode("utf-8", "backslashreplace")
+    return "".join(_c_encode(obj, 0)).encode("utf-8", "backslashreplace")
 
 
 # What an envelope may add around the largest argument or message it carries.
@@ -65,6 +76,11 @@ def _refuse_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON data")
 
 
+# One decoder for every message: ``json.loads(data, parse_constant=...)`` builds a decoder and its scanner per
+# call. Shared by threads like json's own default decoder (the one json.loads uses without arguments).
+_decode = json.JSONDecoder(parse_constant=_refuse_constant).decode
+
+
 def loads(data: bytes | str, max_bytes: int | None = None) -> dict:
     """Decode one received envelope, refusing what a sender's checks would have refused (DESIGN I8).
 
@@ -75,14 +91,20 @@ def loads(data: bytes | str, max_bytes: int | None = None) -> dict:
     if max_bytes is not None and len(data) > max_bytes + ENVELOPE_OVERHEAD:
         raise InvalidMessage(f"envelope of {len(data)} bytes is larger than MAX_MESSAGE_BYTES allows")
     try:
-        obj = json.loads(data, parse_constant=_refuse_constant)
+        if type(data) is bytes and data[:1] == b"{" and data[1:2] != b"\x00":
+            # What json.loads does with such bytes (json.detect_encoding says UTF-8 for them), minus the decoder
+            # it would build for this one call.
+            obj = _decode(data.decode("utf-8", "surrogatepass"))
+        else:
+            obj = json.loads(data, parse_constant=_refuse_constant)
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise InvalidMessage(f"not JSON data: {str(exc)[:200]}") from None
     if not isinstance(obj, dict) or not isinstance(obj.get("t"), str):
         raise InvalidMessage("an envelope must be a JSON object with a string 't'")
-    raw = data if isinstance(data, bytes) else data.encode("utf-8", "surrogatepass")
-    if raw.count(b"[") + raw.count(b"{") > MAX_DEPTH and depth(obj) > MAX_DEPTH:
-        raise InvalidMessage(f"envelope nests deeper than {MAX_DEPTH} levels")
+    if len(data) > MAX_DEPTH:  # fewer characters cannot hold more than MAX_DEPTH brackets
+        raw = data if isinstance(data, bytes) else data.encode("utf-8", "surrogatepass")
+        if raw.count(b"[") + raw.count(b"{") > MAX_DEPTH and depth(obj) > MAX_DEPTH:
+            raise InvalidMessage(f"envelope nests deeper than {MAX_DEPTH} levels")
     return obj
 
 

@@ -31,6 +31,8 @@ Key = tuple[str, str]
 # Items in one START_MANY or STOP_MANY message (clients send at most this many per message).
 MAX_ITEMS = 2000
 
+_NO_MESSAGE = object()
+
 
 class Inbox:
     def __init__(self, node: NodeParts) -> None:
@@ -63,7 +65,13 @@ class Inbox:
             reply_to, corr = env.get("r"), env.get("id")
             if reply_to is not None and not isinstance(reply_to, str) or corr is not None and not isinstance(corr, str):
                 raise InvalidMessage("'r' and 'id' must be strings")
-            key = (wire.field(env, "l", str), wire.field(env, "p", str)) if kind in wire.ADDRESSED else ("", "")
+            key: Key = ("", "")
+            if kind in wire.ADDRESSED:
+                label, pid = env.get("l"), env.get("p")
+                if isinstance(label, str) and isinstance(pid, str):
+                    key = (label, pid)
+                else:
+                    key = (wire.field(env, "l", str), wire.field(env, "p", str))  # raises, naming the field
         except InvalidMessage as exc:
             self.rejected += 1
             self._log.warning("malformed", "processhub: node %s rejected a malformed message: %s", node.name, exc)
@@ -139,26 +147,35 @@ class Inbox:
         await node.reply(reply_to, corr, {"ok": True, "stopped": stopped})
 
     def on_call(self, env: dict, key: Key) -> None:
-        node = self.node
-        reply_to, corr = env.get("r"), env.get("id")
-        act = self._target(env, key)
-        if act is None:
+        act = self.node.activations.get(key)
+        if act is None or act.busy:
+            self._target(env, key)  # answers "not here"
             return
-        if "m" not in env:
-            self._spawn(node.reply_error(reply_to, corr, wire.E_INVALID, "call without 'm'"))
+        reply_to, corr = env.get("r"), env.get("id")
+        message = env.get("m", _NO_MESSAGE)
+        if message is _NO_MESSAGE:
+            self._spawn(self.node.reply_error(reply_to, corr, wire.E_INVALID, "call without 'm'"))
             return
         ttl = env.get("ttl")
-        if ttl is not None and (not isinstance(ttl, (int, float)) or isinstance(ttl, bool) or not ttl > 0):
+        if ttl is None:
+            deadline = None
+        elif type(ttl) is float or type(ttl) is int:  # JSON numbers: no bool, no subclass
+            if not ttl > 0:
+                self._spawn(self.node.reply_error(reply_to, corr, wire.E_INVALID, "'ttl' must be a positive number"))
+                return
+            deadline = time.monotonic() + ttl
+        else:
             # A caller sends its remaining time; anything else would be silently dropped later.
-            self._spawn(node.reply_error(reply_to, corr, wire.E_INVALID, "'ttl' must be a positive number"))
+            self._spawn(self.node.reply_error(reply_to, corr, wire.E_INVALID, "'ttl' must be a positive number"))
             return
-        deadline = time.monotonic() + ttl if ttl is not None else None
-        act.post(Call(env["m"], reply_to, corr, deadline))
+        act.post(Call(message, reply_to, corr, deadline))
 
     def on_cast(self, env: dict, key: Key) -> None:
-        act = self._target(env, key)
-        if act is not None:
-            act.post(Cast(env.get("m")))
+        act = self.node.activations.get(key)
+        if act is None or act.busy:
+            self._target(env, key)  # dropped (logged at debug level); a cast expects no answer
+            return
+        act.post(Cast(env.get("m")))
 
     def on_stop(self, env: dict, key: Key) -> None:
         act = self._target(env, key)

@@ -25,21 +25,33 @@ class _Incomplete(Exception):
 
 
 class RespReader:
-    """Incremental RESP2 parser: ``feed`` bytes, ``gets`` replies (False while incomplete), like hiredis.Reader."""
+    """Incremental RESP2 parser: ``feed`` bytes, ``gets`` replies (False while incomplete), like hiredis.Reader.
+
+    A read usually holds whole replies: it is parsed where it lies, no copy into a
+    buffer first. Only a reply split across reads is gathered in a bytearray
+    (amortised growth, so a large message arriving in many reads stays linear).
+    """
 
     __slots__ = ("buf", "pos")
 
     def __init__(self) -> None:
-        self.buf = bytearray()
+        self.buf: bytes | bytearray = b""
         self.pos = 0
 
     def feed(self, data: bytes) -> None:
-        if self.pos:
-            del self.buf[: self.pos]
-            self.pos = 0
-        self.buf += data
+        buf, pos = self.buf, self.pos
+        if pos >= len(buf):
+            self.buf = bytes(data)  # everything before was consumed (the common case); bytes(b) is b itself
+        elif type(buf) is bytearray:
+            del buf[:pos]
+            buf += data
+        else:
+            self.buf = bytearray(buf[pos:]) + data
+        self.pos = 0
 
     def gets(self) -> Any:
+        if self.pos >= len(self.buf):
+            return False  # nothing left: no parse attempt (and no exception) after the last reply of a read
         try:
             value, self.pos = _parse(self.buf, self.pos)
         except _Incomplete:
@@ -47,7 +59,24 @@ class RespReader:
         return value
 
 
-def _parse(buf: bytearray, pos: int) -> tuple[Any, int]:
+_MESSAGE = b"*3\r\n$7\r\nmessage\r\n$"  # how every pub/sub message begins, up to its channel's length
+
+
+def _parse(buf: bytes | bytearray, pos: int) -> tuple[Any, int]:
+    if buf.startswith(_MESSAGE, pos):  # what a subscriber reads most: parsed without the general loop
+        at = pos + len(_MESSAGE)  # the channel's length
+        end = buf.find(b"\r\n", at)
+        if end > 0 and buf[at] != 45:  # a nil ("$-1") or anything odd: the general parse below
+            channel_at = end + 2
+            channel_end = channel_at + int(buf[at:end])
+            at = channel_end + 3  # the data's length, after "\r\n$"
+            if len(buf) > at and buf[at - 1] == 36:
+                end = buf.find(b"\r\n", at)
+                if end > 0 and buf[at] != 45:
+                    data_end = end + 2 + int(buf[at:end])
+                    if len(buf) >= data_end + 2:
+                        return [b"message", bytes(buf[channel_at:channel_end]), bytes(buf[end + 2:data_end])], \
+                            data_end + 2
     end = buf.find(b"\r\n", pos)
     if end < 0:
         raise _Incomplete
@@ -65,10 +94,26 @@ def _parse(buf: bytearray, pos: int) -> tuple[Any, int]:
         pos = end + 2
         if n < 0:
             return None, pos
-        items = []
+        items: list[Any] = []
+        size = len(buf)
         for _ in range(n):
-            item, pos = _parse(buf, pos)
-            items.append(item)
+            if pos < size and buf[pos] == 36:  # a bulk string (pub/sub messages are arrays of them): inline
+                end = buf.find(b"\r\n", pos)
+                if end < 0:
+                    raise _Incomplete
+                length = int(buf[pos + 1:end])
+                if length < 0:
+                    items.append(None)
+                    pos = end + 2
+                    continue
+                start = end + 2
+                pos = start + length + 2
+                if size < pos:
+                    raise _Incomplete
+                items.append(bytes(buf[start:pos - 2]))
+            else:
+                item, pos = _parse(buf, pos)
+                items.append(item)
         return items, pos
     if kind == 58:  # : integer
         return int(buf[pos + 1:end]), end + 2

@@ -133,6 +133,69 @@ def test_resp_reader_errors_and_pack():
     assert resp.pack(b"AUTH", b"pw") == b"*2\r\n$4\r\nAUTH\r\n$2\r\npw\r\n"
 
 
+def _message(channel: bytes, data: bytes) -> bytes:
+    return b"*3\r\n$7\r\nmessage\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n" % (len(channel), channel, len(data), data)
+
+
+def test_resp_reader_pub_sub_messages_split_anywhere():
+    # A subscriber's usual read (parsed on a shortcut) must read like any other, however it is cut.
+    stream = _message(b"ch", b"\xa2\r\n$3\r\n*1") + b":1\r\n" + _message(b"c\r\nh", b"") + \
+        b"*3\r\n$7\r\nmessage\r\n$-1\r\n$1\r\nx\r\n" + _message(b"", b"y" * 300)
+    expected = [[b"message", b"ch", b"\xa2\r\n$3\r\n*1"], 1, [b"message", b"c\r\nh", b""],
+                [b"message", None, b"x"], [b"message", b"", b"y" * 300]]
+    for cut in range(len(stream) + 1):
+        for second in (cut, min(len(stream), cut + 7)):
+            reader, got = resp.RespReader(), []
+            for chunk in (stream[:cut], stream[cut:second], stream[second:]):
+                reader.feed(chunk)
+                while (reply := reader.gets()) is not False:
+                    got.append(reply)
+            assert got == expected, (cut, second)
+            assert all(type(x) is bytes for r in got if isinstance(r, list) for x in r if x is not None)
+
+
+@pytest.mark.parametrize("value", [
+    1, -(2 ** 70), 1.5, True, None, "a\ud800b\x00\u00e9", [], {}, {"a": [1, {"b": None}], "c": "\udc80"},
+    {1: 2, None: 3, 1.5: "x"}, (1, 2), {"k": {"m": [1.0, -0.0]}},
+    float("nan"), float("inf"), {"k": -float("inf")}, object(), b"x", [set()], {(1,): 2},
+])
+def test_dumps_writes_what_the_json_encoder_writes(value):
+    import json
+
+    encoder = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+    try:
+        expected = encoder.encode(value).encode("utf-8", "backslashreplace")
+    except (TypeError, ValueError) as exc:
+        with pytest.raises(type(exc), match="^" + str(exc)[:20]):
+            wire.dumps(value)
+    else:
+        assert wire.dumps(value) == expected
+
+
+def test_a_cycle_is_refused_by_check_data():
+    cycle: dict = {}
+    cycle["self"] = cycle
+    with pytest.raises(InvalidMessage, match="not JSON-serializable"):
+        wire.check_data(cycle, "message", 1000)
+    wire.check_data({"a": [1]}, "message", 1000)  # and nothing is left behind to refuse the next message
+
+
+@pytest.mark.parametrize("data", [
+    b'{"t":"call","m":"\xc3\xa9"}', '{"t":"call","m":"\u00e9"}', '{"t":"call"}'.encode("utf-16-le"),
+    '{"t":"call"}'.encode("utf-16"), '{"t":"call"}'.encode("utf-8-sig"), b' {"t":"call"} ', b'{"t":"\\ud800"}',
+])
+def test_loads_reads_what_json_loads_reads(data):
+    import json
+
+    assert wire.loads(data) == json.loads(data)
+
+
+@pytest.mark.parametrize("data", [b'{\x00"t":"call"}', b'{"t":"call"', b'{"t":"\xff"}', b'{"t":"call"}x'])
+def test_loads_refuses_what_json_loads_refuses(data):
+    with pytest.raises(InvalidMessage, match="not JSON data"):
+        wire.loads(data)
+
+
 @pytest.mark.parametrize("messages", [[b"a"], [b"a", b"", b"ccc"], [b"x" * 100_000] * 5])
 def test_frames_round_trip(messages):
     payloads, groups = resp.frames(messages, list(range(len(messages))))
@@ -151,3 +214,23 @@ def test_unframe_bounds_what_it_returns():
     assert resp.unframe(payload[0], max_frames=4) == ([b"."] * 4, 1)
     truncated = resp.FRAME_MARK + (100).to_bytes(4, "big") + b"short"
     assert resp.unframe(truncated) == ([truncated], 0)  # malformed: handed on whole, its reader rejects it
+
+
+def test_correlation_ids_are_random_unique_and_not_inherited_by_a_fork():
+    import os
+
+    from processhub import client
+
+    ids = [client.new_correlation_id() for _ in range(3 * client._ID_BATCH + 7)]
+    assert len(set(ids)) == len(ids)
+    assert all(len(i) == 24 and int(i, 16) >= 0 for i in ids)  # 12 bytes from os.urandom, in hex
+    assert client._ids  # made ahead ...
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # ... but never handed out again in a child
+        os.write(write, b"%d" % len(client._ids))
+        os._exit(0)
+    os.waitpid(pid, 0)
+    assert os.read(read, 16) == b"0"
+    os.close(read)
+    os.close(write)
