@@ -538,6 +538,41 @@ def claim(node_id: str, seen: list[tuple[int, int]], restart: StartSpec | None =
     return out
 
 
+def wake_idle(node_id: str, keys: list[tuple[str, str]]) -> list[Row]:
+    """Take the idle (passivated) rows among ``keys`` for ``node_id``: epoch+1, running, in one statement.
+
+    What a start that finds the row idle would do after its INSERT and lookup, when the
+    caller already saw it idle: a revived process answers its first call two statements
+    sooner. Only while this node's lease is valid in the database's clock.
+    """
+    if not keys:
+        return []
+    now = _now_sql()
+    if _is_pg():
+        sql = (
+            f"UPDATE {PT} AS p SET node_id = %s, epoch = p.epoch + 1, status = 'running', started_at = {now}, "
+            f"updated_at = {now} FROM unnest(%s::text[], %s::text[]) AS k(l, pid) "
+            f"WHERE p.label = k.l AND p.process_id = k.pid AND p.status = 'idle' AND {_lease_ok(now)} "
+            f"RETURNING {_RETURNING}"
+        )
+        with connection.cursor() as cur:
+            cur.execute(sql, [node_id, [k[0] for k in keys], [k[1] for k in keys], node_id])
+            return [_row(r) for r in cur.fetchall()]
+    out = []
+    for label, process_id in keys:
+        sql = (
+            f"UPDATE {PT} SET node_id = %s, epoch = epoch + 1, status = 'running', started_at = {now}, "
+            f"updated_at = {now} WHERE label = %s AND process_id = %s AND status = 'idle' AND {_lease_ok(now)} "
+            f"RETURNING {', '.join(ROW_COLUMNS)}"
+        )
+        with connection.cursor() as cur:
+            cur.execute(sql, [node_id, label, process_id, node_id])
+            r = cur.fetchone()
+        if r:
+            out.append(_row(r))
+    return out
+
+
 def bump_epoch(row_id: int, node_id: str, epoch: int, error: str, count_restart: bool) -> int | None:
     """Restart in place: epoch+1 on the same node, fenced on (node, epoch). New epoch or None."""
     updates: dict[str, Any] = {"epoch": F("epoch") + 1, "updated_at": Now(), "last_error": error[-10000:]}

@@ -90,6 +90,7 @@ class StartSpec:
     guided: bool = False  # placed on a named node
     token: str | None = None  # the start_many call it belongs to
     reactivate_only: bool = False  # only wake a passivated process (a message with start=False): no argument
+    was_idle: bool = False  # the caller's lookup found the row idle: wake it in one statement before inserting
 
 
 @dataclass(frozen=True, slots=True)

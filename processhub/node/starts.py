@@ -87,7 +87,8 @@ class StartBatcher:
         token = env.get("tk")
         if token is not None and (not isinstance(token, str) or len(token) > 32):
             raise InvalidMessage("'tk' must be a short string")
-        return StartSpec(arg, str(cls.restart), tags, metadata, env.get("g") is True, token, env.get("ro") is True)
+        return StartSpec(arg, str(cls.restart), tags, metadata, env.get("g") is True, token, env.get("ro") is True,
+                         env.get("wi") is True)
 
     async def start(self, key: Key, spec: StartSpec) -> dict:
         """Start (or join) ``key`` here; the reply envelope for the caller."""
@@ -182,6 +183,9 @@ class StartBatcher:
                 self._settle(p, Outcome.error(wire.E_FENCED, "node has no valid lease"))
             return
         incarnation = node.id
+        batch = await self._wake_idle(batch, incarnation)
+        if not batch:
+            return
         items = [(p.key[0], p.key[1], p.spec) for p in batch if not p.spec.reactivate_only]
         inserted = await node.write(store.insert_new, incarnation, items, keys=[p.key for p in batch]) or {}
         existing: list[_Pending] = []
@@ -200,6 +204,26 @@ class StartBatcher:
             found = await self._lookup([p.key for p in existing])
             for p in existing:
                 self._settle(p, await self._existing(p.key, p.spec, found))
+
+    async def _wake_idle(self, batch: list[_Pending], incarnation: str) -> list[_Pending]:
+        """Wake the rows callers saw idle in one statement; the rest of the batch (and what was not idle after
+        all) goes on the usual way."""
+        node = self.node
+        hinted = [p for p in batch if p.spec.was_idle]
+        if not hinted:
+            return batch
+        keys = [p.key for p in hinted]
+        woke = {row.key: row for row in await node.write(store.wake_idle, incarnation, keys, keys=keys) or ()}
+        for p in hinted:
+            row = woke.get(p.key)
+            if row is None:
+                continue
+            if not node.current(incarnation):
+                self._settle(p, Outcome.error(wire.E_FENCED, "node lost its lease while starting"))
+            else:
+                # As a start that finds the row idle: a takeover (a failed init follows the restart policy).
+                self._settle(p, Outcome(Result.ACTIVATION, node.activate(row, Origin.TAKEOVER)))
+        return [p for p in batch if not p.future.done()]
 
     def _unique(self, batch: list[_Pending]) -> list[_Pending]:
         # Answered entries (a fence answered them) are dropped; one entry per key, so a key can

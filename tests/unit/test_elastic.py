@@ -102,6 +102,35 @@ def test_an_idle_process_is_passivated_and_revived_with_its_state(embedded):
         Idler.call("never-started", {}, start=False)
 
 
+def test_a_process_seen_idle_is_woken_in_one_statement_and_a_stale_hint_changes_nothing(embedded, monkeypatch):
+    from processhub import store
+    from processhub.runtime import get_runtime
+    woken, inserted = [], []
+    wake, insert = store.wake_idle, store.insert_new
+    monkeypatch.setattr(store, "wake_idle", lambda node_id, keys: woken.append(list(keys)) or wake(node_id, keys))
+    monkeypatch.setattr(store, "insert_new", lambda node_id, items: inserted.extend(i[:2] for i in items)
+                        or insert(node_id, items))
+    first = Idler.call("hint1", {})
+    wait_for(lambda: Process.objects.filter(label=Idler.label, process_id="hint1", status=ProcessStatus.IDLE).exists(),
+             10, "passivation")
+    inserted.clear()
+    again = Idler.call("hint1", {})  # its lookup sees the row idle: the start carries the hint
+    assert again["restored"] is True and again["epoch"] == first["epoch"] + 1 and again["count"] == 2
+    assert woken == [[(Idler.label, "hint1")]] and inserted == [], "woken by the one UPDATE, no INSERT tried"
+    # A hint the row no longer matches (a key never started, a stopped row) takes the usual path.
+    client = get_runtime().client
+    client._seen_idle[(Idler.label, "hint-new")] = None
+    assert Idler.call("hint-new", {})["count"] == 1
+    Idler.stop("hint1")
+    woken.clear()
+    client._seen_idle[(Idler.label, "hint1")] = None
+    ref = Idler.start("hint1")  # stopped, not idle: the UPDATE matches nothing and the start restarts it
+    assert woken == [[(Idler.label, "hint1")]], "the hint was sent"
+    assert ref.epoch > again["epoch"] and Idler.call("hint1", {})["restored"] is False
+    assert Process.objects.filter(label=Idler.label, process_id__in=["hint1", "hint-new"],
+                                  status=ProcessStatus.RUNNING).count() == 2
+
+
 def test_a_pending_timer_keeps_a_process_awake(embedded):
     Idler.call("sleepy", {"op": "timer", "s": 1.5})
     time.sleep(1.0)  # twice its idle_timeout, but a timer is pending
