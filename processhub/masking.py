@@ -18,6 +18,7 @@ MASK = "***"
 
 # Names of query parameters and key/value pairs whose values are secrets.
 _SECRET_NAME = r"[\w.-]*(?:password|passwd|pwd|secret|token)[\w.-]*"
+_SECRET_HINTS = ("password", "passwd", "pwd", "secret", "token")  # what every _SECRET_NAME contains
 
 # scheme://authority: the authority ends at whitespace, "/", "?", "#", characters that never occur raw in a URL,
 # or where the next URL of a ";"-separated list begins (Celery/kombu Sentinel lists).
@@ -45,7 +46,13 @@ def mask_text(text: str) -> str:
     """``text`` with the password of every URL, ``password=`` pair and password dict item replaced by ``***``."""
     if not text:
         return text
-    text = _URL_AUTHORITY.sub(_mask_authority, text)
+    # Most log lines hold no URL with a user and no secret's name: they skip the regular expressions (a node
+    # logs a line per process start; the filter runs on every one).
+    if "@" in text and "://" in text:
+        text = _URL_AUTHORITY.sub(_mask_authority, text)
+    lowered = text.casefold()  # as (?i) matches: the long s and the Kelvin sign count too
+    if not any(hint in lowered for hint in _SECRET_HINTS):
+        return text
     text = _QUERY_SECRET.sub(rf"\g<1>{MASK}", text)
     text = _PAIR_SECRET.sub(rf"\g<1>{MASK}", text)
     return _DICT_SECRET.sub(rf"\g<1>'{MASK}'", text)

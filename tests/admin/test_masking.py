@@ -47,6 +47,9 @@ def test_mask_url(url, masked):
         ("{'ENGINE': 'x', 'PASSWORD': 'pw', 'HOST': 'h'}", "{'ENGINE': 'x', 'PASSWORD': '***', 'HOST': 'h'}"),
         ("http://example.com/a@b, mailto:x@y and user@host", "http://example.com/a@b, mailto:x@y and user@host"),
         ("no secrets here", "no secrets here"),
+        ("processhub: started app.Room 'r1' node=a epoch=1", "processhub: started app.Room 'r1' node=a epoch=1"),
+        ("retry with Api_Token=abc&x=1 and SECRET_KEY='k'", "retry with Api_Token=***&x=1 and SECRET_KEY=***"),
+        ("pa\u017fsword=pw", "pa\u017fsword=***"),  # a long s: (?i) matches it, so the quick check must too
     ],
 )
 def test_mask_text(text, masked):
