@@ -123,12 +123,17 @@ def depth(value: Any) -> int:
     return deepest
 
 
+def _read_constant_as_none(name: str) -> None:
+    return None
+
+
 def reply_address(data: bytes, max_bytes: int) -> tuple[str, str] | None:
     """Where to answer a message that failed validation ("r", "id"), if it can be read at all."""
     if len(data) > max_bytes + ENVELOPE_OVERHEAD:
         return None
     try:
-        env = json.loads(data, parse_constant=_refuse_constant)
+        # NaN and Infinity are read here (as None): a message refused for carrying one is still answered.
+        env = json.loads(data, parse_constant=_read_constant_as_none)
     except (ValueError, UnicodeDecodeError, RecursionError):
         return None
     if not isinstance(env, dict):

@@ -241,6 +241,8 @@ KNOWN_BAD = [
     {"t": wire.CALL, "l": Echo.label, "p": LIVE, "m": {"s": "\ud800"}},
     {"t": wire.CALL, "l": Echo.label, "p": LIVE, "m": {}, "ttl": -1},
     {"t": wire.CALL, "l": Echo.label, "p": LIVE, "m": {}, "ttl": "soon"},
+    {"t": wire.CALL, "l": Echo.label, "p": LIVE, "m": {}, "ttl": float("inf")},  # Infinity: refused, answered
+    {"t": wire.CALL, "m": {"x": float("nan")}},  # NaN and no address of a process: answered all the same
     {"t": wire.MOVE, "l": Echo.label, "p": LIVE, "to": "nobody", "e": 999},
 ]
 

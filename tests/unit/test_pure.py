@@ -100,6 +100,7 @@ def test_loads_accepts_nesting_up_to_the_limit():
     (b'{"t": "call", "r": 1, "id": "7"}', None),
     (b"not json", None),
     (b'{"r": "ch", "id": "' + b"x" * 9000 + b'"}', None),  # too large to look at
+    (b'{"t": "call", "ttl": Infinity, "m": NaN, "r": "ch", "id": "7"}', ("ch", "7")),  # refused, yet answered
 ])
 def test_reply_address(data, expected):
     assert wire.reply_address(data, 1000) == expected
