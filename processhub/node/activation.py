@@ -578,6 +578,10 @@ class Activation:
 
     def _in_thread(self, loop: asyncio.AbstractEventLoop, fn: Callable[..., Any], args: tuple) -> Any:
         try:
+            # Checked again where it runs: a callback can wait in the pool's queue (every worker busy with
+            # blocking handlers) past the end of the lease, and then it must not start.
+            if not self._may_run():
+                raise LeaseLost()
             return with_connection(fn, args)
         finally:
             try:

@@ -37,6 +37,8 @@ logger = logging.getLogger(__name__)
 
 # Exit status of a node that ended its OS process because user code it could not stop outlived its lease.
 EXIT_STUCK_USER_CODE = 70
+# Seconds a node leaving on SIGTERM still waits, heartbeats going, for user code that outlived its drain.
+LEAVE_GRACE = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -253,12 +255,39 @@ class LeaseKeeper:
         finally:
             self._rejoining = False
 
-    async def leave(self) -> None:
-        """The end of a clean shutdown: this incarnation serves nothing more and says so."""
+    async def settle_before_leaving(self) -> bool:
+        """Before a clean shutdown gives up the lease: True once no user code of this node runs any more.
+
+        A plain ``def`` callback cannot be cancelled, and the lease is what keeps its
+        process from starting elsewhere: giving the lease up while one still runs would
+        let the next owner start beside it. It gets LEAVE_GRACE more, heartbeats still
+        renewing the lease. Then a ``runhub`` node ends its OS process at once, without
+        giving the lease up (its processes move when the lease runs out); a node that
+        must not end its OS process (embedded) keeps quiet about its lease instead.
+        """
+        node = self.node
+        deadline = node.clock.now() + LEAVE_GRACE
+        while node.stuck_user_code() and self.valid() and node.clock.now() < deadline:
+            await asyncio.sleep(0.02)
+        if not node.stuck_user_code():
+            return True
+        if node.exit_on_stuck_user_code:
+            self._exit(node.id)
+        keys = node.stuck_keys()
+        logger.error("processhub: node %s: user code of %d processes still runs at shutdown (%s); the node does not "
+                     "give up its lease, so they move only when it runs out", node.name, len(keys),
+                     ", ".join(f"{k[0]} {k[1]!r}" for k in keys[:5]))
+        return False
+
+    async def leave(self, give_up_lease: bool = True) -> None:
+        """The end of a clean shutdown: this incarnation serves nothing more and, when it may, says so."""
         node = self.node
         if self.fenced:
             return
         self.fenced = True
+        if not give_up_lease:
+            node.lifecycle("node_down", reason="shutdown")
+            return
         try:
             await node.rt.db(store.set_node_status, node.id, DOWN)
             await node.event({"e": "node_down", "node": node.id})

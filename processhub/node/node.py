@@ -111,11 +111,14 @@ class Node:
         await self.handoff.leave()
         for task in self._work_tasks:
             task.cancel()
-        # Heartbeats go on while the remaining activations terminate, so nobody takes them over meanwhile.
+        # Heartbeats go on while the remaining activations terminate, so nobody takes them over meanwhile,
+        # and while user code that cannot be cancelled (a plain def callback) finishes: the lease is given up
+        # only once none runs (settle_before_leaving ends a runhub process that cannot get there).
         await self.retire_all("shutdown", None)
+        settled = await self.lease.settle_before_leaving()
         for task in self._lease_tasks:
             task.cancel()
-        await self.lease.leave()
+        await self.lease.leave(give_up_lease=settled)
         try:
             await self.rt.transport.unsubscribe(self.channel)
         except ProcessHubError:

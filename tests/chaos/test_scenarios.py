@@ -550,3 +550,26 @@ def test_single_node_paused_past_lease_during_blocking_handler(chaos_factory, re
           + (f", the last {old_after[-1]['t'] - new_start:.2f}s after it" if old_after else ""))
     assert_clean(verdict)
     assert not old_after, f"{len(old_after)} actions of epoch {epoch} after the next epoch started: {old_after[:3]}"
+
+
+def test_sigterm_during_a_blocking_handler_keeps_the_lease_until_the_code_is_gone(chaos_factory, recording):
+    """SIGTERM while a plain ``def`` handler blocks far longer than the drain may take: the node must not give its
+    lease up while that code runs (the next owner would start beside it). It ends its OS process instead (the
+    code dies with it), and the process moves when the lease runs out; nothing of it acts after the lease."""
+    c = chaos_factory()
+    c.start_nodes(["a", "b", "c"])
+    victim = c.incarnation("a")
+    BlockingRecorder.start(recording.arg("tblock"), node="a")
+    pids = [f"tz{i}" for i in range(4)]
+    for pid in pids:
+        ChaosRecorder.start(recording.arg(pid), node="a")
+    blockers, others = running_on(victim, BlockingRecorder.label), running_on(victim)
+    call = block_in_background(recording, "tblock")
+    code = c.terminate("a", timeout=FAST["SHUTDOWN_TIMEOUT"] * 3 + 20)
+    print(f"a exited with status {code} after SIGTERM; the blocking call's caller got: {call}")
+    wait_for(lambda: placed_elsewhere(blockers, victim, BlockingRecorder.label) and placed_elsewhere(others, victim),
+             BUDGET + 2 * SLACK, "a's processes to run elsewhere")
+    settle = time.time()
+    recording.wait_alive(["tblock", *pids], settle, 15)
+    assert_clean(recording.judge(["tblock", *pids], settle))
+    assert code == 70, f"a left with its handler still running and exit status {code}"

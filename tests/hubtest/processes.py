@@ -87,6 +87,20 @@ class Gate:
 GATES: dict = {}  # process id -> Gate (embedded tests only: the node runs in the test's process)
 
 
+class GatedSync(HordeProcess):
+    """Plain ``def`` casts: ``"hold"`` holds a worker thread until ``GATES[process_id].go``; ``"mark"`` notes
+    that it ran (``GATES[process_id].done``). Embedded tests fill the worker pool with holders."""
+
+    def handle_cast(self, message):
+        gate = GATES[self.process_id]
+        if message == "hold":
+            gate.entered.set()
+            gate.go.wait(10)
+        else:
+            gate.result = "ran"
+            gate.done.set()
+
+
 def _write_metadata(label, process_id, value):
     from processhub.models import Process
 

@@ -1,4 +1,6 @@
 """Behaviour of one in-process node on the memory transport: the API contract, fast."""
+import time
+
 import pytest
 
 from processhub.exceptions import (
@@ -177,3 +179,34 @@ def test_a_call_sent_while_an_exit_is_written_starts_the_process_again(embedded,
     again = Transient.call("x1", {})
     leaving.join(5)
     assert again["n"] == 1 and again["epoch"] > 1, "a new instance answered"
+
+
+def test_a_plain_def_callback_queued_for_a_thread_does_not_start_after_the_lease_ended(embedded, monkeypatch):
+    """Every worker thread busy with a blocking handler: a callback waits in the pool's queue. If the lease ends
+    meanwhile, it must not start when a thread frees up (it would be user code acting after the lease)."""
+    from processhub.runtime import get_runtime
+    from tests.hubtest.processes import GATES, Gate, GatedSync
+
+    workers = get_runtime().handler_pool._max_workers
+    holders = [f"hold{i}" for i in range(workers)]
+    for pid in [*holders, "queued"]:
+        GATES[pid] = Gate()
+        GatedSync.start(pid)
+    try:
+        for pid in holders:
+            GatedSync.cast(pid, "hold")
+        for pid in holders:
+            assert GATES[pid].entered.wait(5), f"{pid} holds a worker thread"
+        GatedSync.cast("queued", "mark")  # handed to the pool, which has no free thread
+        time.sleep(0.3)
+        assert not GATES["queued"].done.is_set()
+        monkeypatch.setattr(embedded.node.lease, "valid", lambda: False)  # the lease ends while it waits
+        for pid in holders:
+            GATES[pid].go.set()
+        time.sleep(0.5)
+        assert not GATES["queued"].done.is_set(), "a callback started in a thread after its node's lease ended"
+    finally:
+        monkeypatch.undo()
+        for gate in GATES.values():
+            gate.go.set()
+        GATES.clear()
