@@ -474,6 +474,12 @@ def insert_new(node_id: str, items: list[tuple[str, str, StartSpec]]) -> dict[tu
         return {(r[0], r[1]): r[2] for r in cur.fetchall()}
 
 
+def _taken_by(now: str, alias: str = "") -> str:
+    """The SET list of a row taken by a node (its id the one parameter): running there at the next epoch."""
+    return (f"node_id = %s, epoch = {alias}epoch + 1, status = 'running', started_at = {now}, "
+            f"updated_at = {now}")
+
+
 def claim(node_id: str, seen: list[tuple[int, int]], restart: StartSpec | None = None,
           status: str = "running") -> list[Row]:
     """Take rows (id, seen epoch) for ``node_id``: epoch+1 and owner in one statement.
@@ -513,8 +519,7 @@ def claim(node_id: str, seen: list[tuple[int, int]], restart: StartSpec | None =
             f"WITH v AS (SELECT * FROM unnest(%s::bigint[], %s::bigint[]) AS v(id, ep)), "
             f"locked AS (SELECT p.id FROM v JOIN {PT} AS p ON p.id = v.id AND p.epoch = v.ep "
             f"WHERE p.{status_ok} FOR UPDATE OF p SKIP LOCKED) "
-            f"UPDATE {PT} AS p SET node_id = %s, epoch = p.epoch + 1, status = 'running', "
-            f"started_at = {now}, updated_at = {now}{extra} FROM locked "
+            f"UPDATE {PT} AS p SET {_taken_by(now, 'p.')}{extra} FROM locked "
             f"WHERE p.id = locked.id AND {_lease_ok(now)} RETURNING {_RETURNING}"
         )
         params: list[Any] = [[rid for rid, _ in seen], [ep for _, ep in seen], *status_params, node_id,
@@ -526,8 +531,7 @@ def claim(node_id: str, seen: list[tuple[int, int]], restart: StartSpec | None =
     with transaction.atomic():
         for rid, ep in seen:
             sql = (
-                f"UPDATE {PT} SET node_id = %s, epoch = epoch + 1, status = 'running', "
-                f"started_at = {now}, updated_at = {now}{extra} WHERE id = %s AND epoch = %s AND {status_ok} "
+                f"UPDATE {PT} SET {_taken_by(now)}{extra} WHERE id = %s AND epoch = %s AND {status_ok} "
                 f"AND {_lease_ok(now)} RETURNING {', '.join(ROW_COLUMNS)}"
             )
             with connection.cursor() as cur:
@@ -550,8 +554,7 @@ def wake_idle(node_id: str, keys: list[tuple[str, str]]) -> list[Row]:
     now = _now_sql()
     if _is_pg():
         sql = (
-            f"UPDATE {PT} AS p SET node_id = %s, epoch = p.epoch + 1, status = 'running', started_at = {now}, "
-            f"updated_at = {now} FROM unnest(%s::text[], %s::text[]) AS k(l, pid) "
+            f"UPDATE {PT} AS p SET {_taken_by(now, 'p.')} FROM unnest(%s::text[], %s::text[]) AS k(l, pid) "
             f"WHERE p.label = k.l AND p.process_id = k.pid AND p.status = 'idle' AND {_lease_ok(now)} "
             f"RETURNING {_RETURNING}"
         )
@@ -561,8 +564,8 @@ def wake_idle(node_id: str, keys: list[tuple[str, str]]) -> list[Row]:
     out = []
     for label, process_id in keys:
         sql = (
-            f"UPDATE {PT} SET node_id = %s, epoch = epoch + 1, status = 'running', started_at = {now}, "
-            f"updated_at = {now} WHERE label = %s AND process_id = %s AND status = 'idle' AND {_lease_ok(now)} "
+            f"UPDATE {PT} SET {_taken_by(now)} WHERE label = %s AND process_id = %s AND status = 'idle' "
+            f"AND {_lease_ok(now)} "
             f"RETURNING {', '.join(ROW_COLUMNS)}"
         )
         with connection.cursor() as cur:

@@ -464,6 +464,22 @@ def block_in_background(recording, pid: str, seconds: float = BLOCK_SECONDS, ste
     return out
 
 
+def three_nodes_with_a_blocker_on_a(c, recording, blocker: str, prefix: str, n: int):
+    """Nodes a, b, c; on a one BlockingRecorder ``blocker`` and ``n`` ChaosRecorders.
+
+    Returns (a's incarnation, the recorders' pids, {blocker: epoch}, {pid: epoch}).
+    """
+    c.start_nodes(["a", "b", "c"])
+    victim = c.incarnation("a")
+    BlockingRecorder.start(recording.arg(blocker), node="a")
+    pids = [f"{prefix}{i}" for i in range(n)]
+    for pid in pids:
+        ChaosRecorder.start(recording.arg(pid), node="a")
+    blockers, others = running_on(victim, BlockingRecorder.label), running_on(victim)
+    assert set(blockers) == {blocker} and set(others) == set(pids)
+    return victim, pids, blockers, others
+
+
 def wake_and_settle(c, name: str, old_incarnation: str) -> tuple[float, bool]:
     """SIGCONT ``name``; wait until it ended its own OS process or rejoined; restart it if it ended.
 
@@ -492,14 +508,7 @@ def test_node_paused_past_lease_during_blocking_handler(chaos_factory, recording
     show whether ``terminate("lease lost")`` runs after the lease ended.
     """
     c = chaos_factory()
-    c.start_nodes(["a", "b", "c"])
-    victim = c.incarnation("a")
-    BlockingRecorder.start(recording.arg("blocker"), node="a")
-    pids = [f"pz{i}" for i in range(6)]
-    for pid in pids:
-        ChaosRecorder.start(recording.arg(pid), node="a")
-    blockers, others = running_on(victim, BlockingRecorder.label), running_on(victim)
-    assert set(blockers) == {"blocker"} and set(others) == set(pids)
+    victim, pids, blockers, others = three_nodes_with_a_blocker_on_a(c, recording, "blocker", "pz", 6)
     call = block_in_background(recording, "blocker")
     c.pause("a")
     paused = time.monotonic()
@@ -557,13 +566,7 @@ def test_sigterm_during_a_blocking_handler_keeps_the_lease_until_the_code_is_gon
     lease up while that code runs (the next owner would start beside it). It ends its OS process instead (the
     code dies with it), and the process moves when the lease runs out; nothing of it acts after the lease."""
     c = chaos_factory()
-    c.start_nodes(["a", "b", "c"])
-    victim = c.incarnation("a")
-    BlockingRecorder.start(recording.arg("tblock"), node="a")
-    pids = [f"tz{i}" for i in range(4)]
-    for pid in pids:
-        ChaosRecorder.start(recording.arg(pid), node="a")
-    blockers, others = running_on(victim, BlockingRecorder.label), running_on(victim)
+    victim, pids, blockers, others = three_nodes_with_a_blocker_on_a(c, recording, "tblock", "tz", 4)
     call = block_in_background(recording, "tblock")
     code = c.terminate("a", timeout=FAST["SHUTDOWN_TIMEOUT"] * 3 + 20)
     print(f"a exited with status {code} after SIGTERM; the blocking call's caller got: {call}")

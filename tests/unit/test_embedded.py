@@ -12,6 +12,7 @@ from processhub.exceptions import (
     UnknownProcessClass,
 )
 from processhub.models import Process, ProcessStatus
+from tests.cluster.harness import wait_for
 from tests.hubtest.processes import BadInit, Crashy, Echo, SyncEcho, Temporary, Transient
 
 
@@ -198,12 +199,13 @@ def test_a_plain_def_callback_queued_for_a_thread_does_not_start_after_the_lease
         for pid in holders:
             assert GATES[pid].entered.wait(5), f"{pid} holds a worker thread"
         GatedSync.cast("queued", "mark")  # handed to the pool, which has no free thread
-        time.sleep(0.3)
+        queued = embedded.node.activations[(GatedSync.label, "queued")]
+        wait_for(lambda: queued.threads == 1, 5, "the callback to wait in the pool's queue")
         assert not GATES["queued"].done.is_set()
         monkeypatch.setattr(embedded.node.lease, "valid", lambda: False)  # the lease ends while it waits
         for pid in holders:
             GATES[pid].go.set()
-        time.sleep(0.5)
+        time.sleep(0.5)  # a callback that started would have marked by now: absence cannot be polled for
         assert not GATES["queued"].done.is_set(), "a callback started in a thread after its node's lease ended"
     finally:
         monkeypatch.undo()
